@@ -1,0 +1,29 @@
+"""ctrlsim: a numba-compiled cruise-control simulator.
+
+A robot (or Astrom & Murray's car) under ReLU, Leaky ReLU, linear or
+user-defined control laws, with step and tracking metrics. See DESIGN notes
+in the README for the model.
+"""
+
+from .controllers import (
+    Controller,
+    CustomController,
+    LeakyReLUController,
+    LinearController,
+    ReLUController,
+    controller,
+)
+from .metrics import METRIC_KEYS, step_info
+from .plant import Plant, make_plant
+from .scenario import Event, Reference, Road, Scenario, Sensor
+from .simulate import StartWarning, Trajectory, simulate
+from .sweep import SweepResult, sweep
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Controller", "CustomController", "LeakyReLUController", "LinearController",
+    "ReLUController", "controller", "METRIC_KEYS", "step_info", "Plant",
+    "make_plant", "Event", "Reference", "Road", "Scenario", "Sensor",
+    "StartWarning", "Trajectory", "simulate", "SweepResult", "sweep",
+]

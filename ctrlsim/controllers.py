@@ -1,0 +1,316 @@
+"""Controllers: the ReLU / Leaky ReLU / linear PID family and user laws.
+
+A built-in controller computes ``s = kp*e + ki*z + kd*d + feedforward*r`` and
+passes it through ``phi``: ``max(s, 0)`` (ReLU), ``s`` or ``alpha*s`` (Leaky
+ReLU), ``s`` (linear). The loop itself (timing, integrator, anti-windup) is in
+:mod:`ctrlsim.kernels`; these classes hold gains and pack them.
+
+Gains left as ``None`` are *unset*: :meth:`resolve` fills them from another
+controller (the scenario's) and then from the plant preset's defaults, so
+``simulate(sc, controller=ReLUController())`` compares the scenario's gains
+under a different activation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from . import kernels as K
+
+__all__ = [
+    "Controller", "ReLUController", "LeakyReLUController", "LinearController",
+    "CustomController", "controller", "default_controller", "GAIN_NAMES",
+    "DEFAULT_ALPHA",
+]
+
+GAIN_NAMES = ("kp", "ki", "kd", "kaw", "feedforward")
+DEFAULT_ALPHA = 0.1
+
+# Preset defaults. Robot: PI tuned on the linearised plant at 2 m/s (mass
+# 25 kg, damping 3.2 N/(m/s), 0.2 s lag) for a damping ratio near 0.7; no
+# anti-windup by default, because back-calculation on (a - s) also acts in
+# the leaky branch and would leave a steady error when braking. Car: the
+# book's PI with anti-windup (Feedback Systems, ex. 11.5 / sec. 4.1).
+_PRESET_DEFAULTS = {
+    "robot": dict(kind="leaky", alpha=DEFAULT_ALPHA, kp=40.0, ki=40.0,
+                  kd=0.0, kaw=0.0, feedforward=0.0),
+    "car": dict(kind="relu", kp=0.5, ki=0.1, kd=0.0, kaw=2.0, feedforward=0.0),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Controller:
+    """Base of the built-in PID-family controllers.
+
+    Parameters
+    ----------
+    kp, ki, kd : float, optional
+        Proportional (per m/s), integral (per m) and derivative (per m/s^2)
+        gains, in command units (N for the robot, 1 for the car).
+    kaw : float, optional
+        Back-calculation anti-windup gain: ``dz = e + (kaw/ki)*(a - s)``.
+    feedforward : float, optional
+        Reference feedforward gain, command units per m/s.
+    """
+
+    kind: ClassVar[str] = "pid"
+    kp: float | None = None
+    ki: float | None = None
+    kd: float | None = None
+    kaw: float | None = None
+    feedforward: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in GAIN_NAMES + ("alpha",):
+            value = getattr(self, name, None)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise ValueError(f"{name}: must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name}: must be finite, got {value}")
+            object.__setattr__(self, name, float(value))
+        if getattr(self, "kaw", None) is not None and self.kaw < 0:
+            raise ValueError(f"kaw: must be >= 0, got {self.kaw}")
+
+    @property
+    def slope(self) -> float:
+        """Slope of phi for s < 0."""
+        raise NotImplementedError
+
+    @property
+    def resolved(self) -> bool:
+        return all(getattr(self, n) is not None for n in GAIN_NAMES)
+
+    def resolve(self, base: Controller | None, preset: str) -> Controller:
+        """Fill unset gains from ``base`` (if given), then from the preset."""
+        values = {}
+        defaults = _PRESET_DEFAULTS[preset]
+        for name in GAIN_NAMES:
+            value = getattr(self, name)
+            if value is None and isinstance(base, Controller):
+                value = getattr(base, name)
+            values[name] = defaults[name] if value is None else value
+        return replace(self, **values)
+
+    def pack(self) -> np.ndarray:
+        """The kernel's controller vector (see ``kernels.C_*``)."""
+        if not self.resolved:
+            raise ValueError("controller has unset gains; call resolve() first")
+        cp = np.zeros(K.N_CTRL)
+        cp[K.C_ALPHA] = self.slope
+        cp[K.C_KP], cp[K.C_KI], cp[K.C_KD] = self.kp, self.ki, self.kd
+        cp[K.C_KAW], cp[K.C_FF] = self.kaw, self.feedforward
+        return cp
+
+    @property
+    def spec(self) -> str:
+        """Canonical spec string, e.g. ``leaky:0.1,kp=40,ki=40``."""
+        head = self.kind
+        if isinstance(self, LeakyReLUController) and self.alpha is not None:
+            head += f":{self.alpha:g}"
+        gains = [f"{n}={getattr(self, n):g}" for n in GAIN_NAMES
+                 if getattr(self, n) is not None]
+        return ",".join([head] + gains)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"type": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReLUController(Controller):
+    """``phi(s) = max(s, 0)``: pushes forward only, coasts when too fast."""
+
+    kind: ClassVar[str] = "relu"
+
+    @property
+    def slope(self) -> float:
+        return 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class LeakyReLUController(Controller):
+    """``phi(s) = s`` for s >= 0, ``alpha*s`` otherwise: brakes gently.
+
+    Parameters
+    ----------
+    alpha : float, optional
+        Braking slope in [0, 1] (unset: the scenario's, else 0.1).
+    """
+
+    kind: ClassVar[str] = "leaky"
+    alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha: must be in [0, 1], got {self.alpha}")
+
+    @property
+    def slope(self) -> float:
+        return DEFAULT_ALPHA if self.alpha is None else self.alpha
+
+    def resolve(self, base: Controller | None, preset: str) -> Controller:
+        out = super().resolve(base, preset)
+        if out.alpha is None:
+            alpha = base.alpha if isinstance(base, LeakyReLUController) else None
+            out = replace(out, alpha=DEFAULT_ALPHA if alpha is None else alpha)
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinearController(Controller):
+    """``phi(s) = s``: full two-sided control."""
+
+    kind: ClassVar[str] = "linear"
+
+    @property
+    def slope(self) -> float:
+        return 1.0
+
+
+@dataclass(frozen=True)
+class CustomController:
+    """A user-defined control law compiled into the simulation kernel.
+
+    Parameters
+    ----------
+    law : numba-jitted function ``law(e, z, d, y, r) -> u``
+        Called at every control instant with the error ``e = r - y`` (m/s),
+        the integrator state ``z`` (integral of the error, m), the error
+        derivative ``d`` (m/s^2, 0 at the first sample), the measured speed
+        ``y`` and the reference ``r`` (m/s). Returns the command ``u`` in
+        actuator units; it is clipped to the actuator range afterwards.
+    kaw : float
+        Anti-windup: ``dz = e + kaw*(a - u)`` where ``a`` is the clipped
+        command. The integrator starts at 0 and the plant at the force of
+        ``law(0, 0, 0, v0, v0)``.
+    name : str
+        Label used in tables and plots.
+
+    Examples
+    --------
+    >>> import numba
+    >>> @numba.njit
+    ... def bang_bang(e, z, d, y, r):
+    ...     return 20.0 if e > 0 else -20.0
+    >>> ctl = CustomController(bang_bang, name="bang-bang")
+    """
+
+    law: Callable[..., float]
+    kaw: float = 0.0
+    name: str = "custom"
+    _kernels: tuple = field(default=None, repr=False, compare=False)
+
+    kind: ClassVar[str] = "custom"
+
+    def __post_init__(self) -> None:
+        if not hasattr(self.law, "py_func"):
+            raise TypeError("CustomController: law must be a numba.njit function "
+                            "law(e, z, d, y, r) -> u")
+
+    @property
+    def spec(self) -> str:
+        return self.name
+
+    def resolve(self, base: Controller | None, preset: str) -> CustomController:
+        return self
+
+    def pack(self) -> np.ndarray:
+        cp = np.zeros(K.N_CTRL)
+        cp[K.C_KI] = 1.0  # the loop scales anti-windup by kaw/ki
+        cp[K.C_KAW] = self.kaw
+        return cp
+
+    def kernels(self) -> tuple[Callable, Callable]:
+        """The specialised ``(rollout, rollout_batch)``, compiled on first use."""
+        if self._kernels is None:
+            object.__setattr__(self, "_kernels", K.specialise(self.law))
+        return self._kernels
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"type": "custom", "name": self.name, "kaw": self.kaw}
+
+
+_TYPES = {"relu": ReLUController, "leaky": LeakyReLUController,
+          "linear": LinearController}
+_KEY_ALIASES = {"ff": "feedforward"}
+
+
+def controller(spec: str) -> Controller:
+    """Parse a controller spec ``TYPE[:ALPHA][,key=value...]``.
+
+    Parameters
+    ----------
+    spec : str
+        ``TYPE`` is ``relu``, ``leaky`` or ``linear``; ``:ALPHA`` sets the
+        Leaky ReLU slope; keys are ``kp, ki, kd, kaw, feedforward`` (alias
+        ``ff``) and ``alpha``. Unset gains are taken from the scenario.
+
+    Raises
+    ------
+    ValueError
+        With a message naming the offending part of the spec.
+
+    Examples
+    --------
+    >>> controller("leaky:0.05,kp=80")
+    LeakyReLUController(kp=80.0, ki=None, kd=None, kaw=None, feedforward=None, alpha=0.05)
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"controller spec must be a non-empty string, got {spec!r}")
+    head, *pairs = [part.strip() for part in spec.split(",")]
+    kind, _, alpha = head.partition(":")
+    kind = kind.strip().lower()
+    if kind == "mlp":
+        raise ValueError(f"controller {spec!r}: mlp controllers are not available "
+                         "in this version of ctrlsim")
+    if kind not in _TYPES:
+        raise ValueError(f"controller {spec!r}: unknown type {kind!r} "
+                         f"(expected one of {', '.join(_TYPES)})")
+    kwargs: dict[str, float] = {}
+    if alpha:
+        if kind != "leaky":
+            raise ValueError(f"controller {spec!r}: only leaky takes ':ALPHA'")
+        kwargs["alpha"] = _spec_number(spec, "alpha", alpha)
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        key = _KEY_ALIASES.get(key.strip(), key.strip())
+        allowed = GAIN_NAMES + (("alpha",) if kind == "leaky" else ())
+        if not eq or key not in allowed:
+            raise ValueError(f"controller {spec!r}: bad setting {pair!r} "
+                             f"(expected key=value with key in {', '.join(allowed)})")
+        kwargs[key] = _spec_number(spec, key, value)
+    return _TYPES[kind](**kwargs)
+
+
+def default_controller(preset: str) -> Controller:
+    """The preset's documented default controller, all gains set."""
+    values = dict(_PRESET_DEFAULTS[preset])
+    kind = values.pop("kind")
+    if kind != "leaky":
+        values.pop("alpha", None)
+    return _TYPES[kind](**values)
+
+
+def from_dict(kind: str, values: dict[str, float]) -> Controller:
+    """Controller of type ``kind`` from keyword values (used by the loader)."""
+    if kind not in _TYPES:
+        raise ValueError(f"unknown controller type {kind!r} "
+                         f"(expected one of {', '.join(_TYPES)})")
+    return _TYPES[kind](**values)
+
+
+def _spec_number(spec: str, key: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"controller {spec!r}: {key} must be a number, "
+                         f"got {text.strip()!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"controller {spec!r}: {key} must be finite")
+    return value

@@ -1,0 +1,133 @@
+"""Run one scenario through the compiled kernel: :func:`simulate` and :class:`Trajectory`."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import kernels as K
+from .controllers import Controller, CustomController
+from .scenario import Scenario
+
+__all__ = ["simulate", "Trajectory", "StartWarning"]
+
+
+class StartWarning(UserWarning):
+    """The actuator cannot hold the initial speed, so the run starts off equilibrium."""
+
+
+@dataclass(frozen=True, eq=False)
+class Trajectory:
+    """A simulated run, sampled at the control instants ``t_k = k*Ts``, k = 0..N.
+
+    Attributes
+    ----------
+    t : ndarray
+        Time, s.
+    position, speed, force : ndarray
+        Position (m), true speed (m/s) and actuator force (N) at ``t_k``.
+    command : ndarray
+        Controller output ``u_k = phi(s_k)`` before the actuator limits.
+    applied : ndarray
+        Command ``a_k`` after the limits, held over ``[t_k, t_k+1)``
+        (N for the robot, throttle/brake in [-1, 1] for the car).
+    reference : ndarray
+        Set speed ``r_k``, m/s.
+    error : ndarray
+        Tracking error ``reference - speed`` (true, not measured), m/s.
+    diverged : bool
+        True if the state became non-finite or absurdly fast; samples from
+        ``diverged_at`` on are NaN.
+    diverged_at : float or None
+        Time of the first bad sample, s.
+    scenario : Scenario
+    controller : Controller
+        The controller actually used, gains resolved.
+    """
+
+    t: np.ndarray
+    position: np.ndarray
+    speed: np.ndarray
+    force: np.ndarray
+    command: np.ndarray
+    applied: np.ndarray
+    reference: np.ndarray
+    diverged: bool
+    diverged_at: float | None
+    scenario: Scenario = field(repr=False)
+    controller: Controller | CustomController = field(repr=False)
+
+    @property
+    def error(self) -> np.ndarray:
+        return self.reference - self.speed
+
+    def metrics(self) -> dict[str, float]:
+        """Step and tracking metrics against the set speed (DESIGN 6).
+
+        See :func:`ctrlsim.metrics.trajectory_metrics`.
+        """
+        from .metrics import trajectory_metrics
+        return trajectory_metrics(self)
+
+
+def simulate(scenario: Scenario, controller: Controller | CustomController | None = None,
+             ) -> Trajectory:
+    """Simulate a scenario in closed loop.
+
+    Parameters
+    ----------
+    scenario : Scenario
+    controller : Controller or CustomController, optional
+        None: the scenario's own controller (or the preset's default). Gains
+        the controller leaves unset are taken from the scenario's controller.
+
+    Returns
+    -------
+    Trajectory
+
+    Warns
+    -----
+    StartWarning
+        If the actuator cannot produce the command that holds the initial
+        speed; the run then starts from the clipped command.
+
+    Examples
+    --------
+    >>> import ctrlsim
+    >>> from ctrlsim.scenario import Scenario, Reference
+    >>> sc = Scenario(reference=Reference([(0.0, 2.0)]), duration=20.0)
+    >>> tr = ctrlsim.simulate(sc, ctrlsim.controller("linear"))
+    >>> round(float(tr.speed[-1]), 2)
+    2.0
+    """
+    ctl = scenario.resolved_controller(controller)
+    prof = scenario.pack()
+    rollout = ctl.kernels()[0] if isinstance(ctl, CustomController) else K.rollout
+    out = np.empty((prof.ref.size, len(K.OUT_FIELDS)))
+    diverged_at, feasible = rollout(
+        scenario.plant.pack(), ctl.pack(), prof.v0, prof.ref, prof.noise, prof.ts,
+        prof.substeps, prof.grade_x, prof.grade_th, prof.grade_by_time,
+        prof.events, prof.v_limit, out)
+    if not feasible:
+        warn_infeasible_start(scenario)
+    return make_trajectory(scenario, ctl, prof.ref, out, int(diverged_at))
+
+
+def make_trajectory(scenario: Scenario, ctl, ref: np.ndarray, out: np.ndarray,
+                    diverged_at: int) -> Trajectory:
+    """Wrap one kernel output array (N + 1, 5) as a :class:`Trajectory`."""
+    t = scenario.time
+    cols = {name: out[:, i] for i, name in enumerate(K.OUT_FIELDS)}
+    return Trajectory(t=t, reference=ref, diverged=diverged_at >= 0,
+                      diverged_at=float(t[diverged_at]) if diverged_at >= 0 else None,
+                      scenario=scenario, controller=ctl, **cols)
+
+
+def warn_infeasible_start(scenario: Scenario) -> None:
+    warnings.warn(
+        f"scenario {scenario.name!r}: the {scenario.plant.preset} actuator cannot "
+        f"hold the initial speed {scenario.initial_speed} m/s (limits "
+        f"{scenario.plant.command_limits}); starting from the saturated command",
+        StartWarning, stacklevel=3)

@@ -1,0 +1,169 @@
+"""Parameter sweeps: many closed-loop runs of one scenario on all cores."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from . import kernels as K
+from .controllers import GAIN_NAMES, Controller, CustomController, LeakyReLUController
+from .metrics import METRIC_KEYS
+from .plant import CAR_FIELDS, ROBOT_FIELDS
+from .scenario import Scenario
+from .simulate import Trajectory, make_trajectory, warn_infeasible_start
+
+__all__ = ["sweep", "SweepResult", "sweepable"]
+
+CONTROLLER_PARAMS = GAIN_NAMES + ("alpha",)
+# Rows per kernel call: large enough to keep both cores busy, small enough
+# for a progress bar to move.
+_CHUNK = 16
+
+
+def sweepable(preset: str) -> tuple[str, ...]:
+    """Names :func:`sweep` accepts for a plant preset."""
+    plant = ROBOT_FIELDS if preset == "robot" else CAR_FIELDS
+    return CONTROLLER_PARAMS + tuple(n for n in plant if n != "gear_ratios")
+
+
+@dataclass(frozen=True, eq=False)
+class SweepResult:
+    """Outcome of :func:`sweep`, one row per grid point (C order).
+
+    Attributes
+    ----------
+    names : tuple of str
+        Swept parameters, in grid-axis order.
+    axes : tuple of ndarray
+        Values along each axis; the grid has shape ``tuple(map(len, axes))``.
+    values : dict of str to ndarray
+        Each parameter's value per row, shape (B,).
+    metrics : dict of str to ndarray
+        Each metric per row (NaN where diverged), shape (B,).
+    diverged : ndarray of bool
+        Per row.
+    trajectories : list of Trajectory
+    """
+
+    names: tuple[str, ...]
+    axes: tuple[np.ndarray, ...]
+    values: dict[str, np.ndarray]
+    metrics: dict[str, np.ndarray]
+    diverged: np.ndarray
+    trajectories: list[Trajectory]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(a.size for a in self.axes)
+
+    def grid(self, metric: str) -> np.ndarray:
+        """A metric reshaped to the grid."""
+        return self.metrics[metric].reshape(self.shape)
+
+    def rows(self) -> list[dict[str, float]]:
+        """One dict per grid point: parameters, ``diverged`` and metrics."""
+        return [{**{n: float(self.values[n][i]) for n in self.names},
+                 "diverged": bool(self.diverged[i]),
+                 **{m: float(self.metrics[m][i]) for m in METRIC_KEYS}}
+                for i in range(self.diverged.size)]
+
+
+def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
+          controller: Controller | CustomController | None = None,
+          progress: Callable[[int, int], None] | None = None) -> SweepResult:
+    """Simulate a scenario over the grid product of parameter values.
+
+    Parameters
+    ----------
+    scenario : Scenario
+    params : mapping of name to values
+        Controller gains (``kp, ki, kd, kaw, feedforward, alpha``) or plant
+        fields (``mass``, ``actuator_tau``, ...). Sweeping ``alpha`` turns the
+        controller into a Leaky ReLU with that slope, so alpha = 0 is ReLU and
+        alpha = 1 is linear.
+    controller : Controller, optional
+        Base controller (default: the scenario's), resolved as in
+        :func:`ctrlsim.simulate`.
+    progress : callable(done, total), optional
+        Called after each chunk of rows.
+
+    Returns
+    -------
+    SweepResult
+
+    Examples
+    --------
+    >>> import numpy as np, ctrlsim
+    >>> from ctrlsim.scenario import Scenario, Reference
+    >>> sc = Scenario(reference=Reference([(1.0, 1.0)]), duration=10.0, initial_speed=2.0)
+    >>> res = ctrlsim.sweep(sc, {"alpha": np.linspace(0, 1, 3)})
+    >>> res.shape
+    (3,)
+    """
+    names, axes = _check_params(scenario, params)
+    base = scenario.resolved_controller(controller)
+    rows = list(itertools.product(*axes))
+    ctls, plants = [], []
+    for row in rows:
+        setting = dict(zip(names, row))
+        ctls.append(_set_controller(base, setting, scenario.plant.preset))
+        plant_changes = {n: v for n, v in setting.items() if n not in CONTROLLER_PARAMS}
+        plants.append(scenario.plant.with_(**plant_changes) if plant_changes
+                      else scenario.plant)
+    prof = scenario.pack()
+    pp = np.array([p.pack() for p in plants])
+    cp = np.array([c.pack() for c in ctls])
+    b, n1 = len(rows), prof.ref.size
+    out = np.empty((b, n1, len(K.OUT_FIELDS)))
+    div = np.empty(b, dtype=np.int64)
+    feas = np.empty(b, dtype=np.bool_)
+    batch = base.kernels()[1] if isinstance(base, CustomController) else K.rollout_batch
+    for lo in range(0, b, _CHUNK):
+        hi = min(lo + _CHUNK, b)
+        batch(pp[lo:hi], cp[lo:hi], prof.v0, prof.ref, prof.noise, prof.ts,
+              prof.substeps, prof.grade_x, prof.grade_th, prof.grade_by_time,
+              prof.events, prof.v_limit, out[lo:hi], div[lo:hi], feas[lo:hi])
+        if progress is not None:
+            progress(hi, b)
+    if not feas.all():
+        warn_infeasible_start(scenario)
+    trajs = [make_trajectory(replace(scenario, plant=plants[i]), ctls[i], prof.ref,
+                             out[i], int(div[i])) for i in range(b)]
+    per_row = [tr.metrics() for tr in trajs]
+    return SweepResult(
+        names=names, axes=tuple(np.asarray(a, dtype=float) for a in axes),
+        values={n: np.array([r[j] for r in rows], dtype=float) for j, n in enumerate(names)},
+        metrics={m: np.array([r[m] for r in per_row]) for m in METRIC_KEYS},
+        diverged=div >= 0, trajectories=trajs)
+
+
+def _check_params(scenario: Scenario, params: Mapping[str, Sequence[float]]):
+    if not params:
+        raise ValueError("sweep: give at least one parameter")
+    allowed = sweepable(scenario.plant.preset)
+    names, axes = [], []
+    for name, values in params.items():
+        if name not in allowed:
+            raise ValueError(f"sweep: cannot sweep {name!r} "
+                             f"(sweepable: {', '.join(allowed)})")
+        arr = np.atleast_1d(np.asarray(values, dtype=float))
+        if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)):
+            raise ValueError(f"sweep: {name} needs a non-empty list of finite numbers")
+        names.append(name)
+        axes.append(arr if name != "gear" else arr.astype(int))
+    return tuple(names), tuple(axes)
+
+
+def _set_controller(base, setting: dict, preset: str):
+    gains = {n: float(v) for n, v in setting.items() if n in GAIN_NAMES}
+    if isinstance(base, CustomController):
+        if gains or "alpha" in setting:
+            raise ValueError("sweep: a custom controller has no gains to sweep")
+        return base
+    if "alpha" in setting:
+        values = {n: getattr(base, n) for n in GAIN_NAMES}
+        base = LeakyReLUController(alpha=float(setting["alpha"]), **values)
+    return replace(base, **gains) if gains else base
