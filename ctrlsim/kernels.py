@@ -61,6 +61,8 @@ def _interp_clamped(x, xp, fp):
     n = xp.shape[0]
     if n == 0:
         return 0.0
+    if math.isnan(x):  # a diverging state: propagate, so it gets flagged
+        return x
     if x <= xp[0]:
         return fp[0]
     if x >= xp[n - 1]:
@@ -221,7 +223,8 @@ def rollout(pp, cp, v0, ref, noise, ts, substeps, grade_x, grade_th,
 
     Fills ``out`` (shape (N + 1, 5), columns :data:`OUT_FIELDS`) at the
     control instants. Returns ``(diverged_at, feasible_start)``: the index of
-    the first sample whose state is non-finite or faster than ``v_limit``
+    the first sample whose plant state or controller output is non-finite, or
+    whose speed exceeds ``v_limit``
     (-1 if none; from there on ``out`` holds NaN), and whether the actuator
     could hold the initial equilibrium.
     """
@@ -239,6 +242,9 @@ def rollout(pp, cp, v0, ref, noise, ts, substeps, grade_x, grade_th,
         e = ref[k] - y
         d = (e - e_prev) / ts if k > 0 else 0.0
         s, u = controller_output(e, z, d, y, ref[k], cp)
+        if not (math.isfinite(u) and math.isfinite(z)):
+            out[k:, :] = np.nan
+            return k, feasible
         a = min(max(u, lo), hi)
         if ki != 0.0:
             z += ts * (e + (kaw / ki) * (a - s))
@@ -315,11 +321,20 @@ def specialise(law):
     return single, batch
 
 
+_n_specialised = 0
+
+
 def _rebind(dispatcher, **names):
     """Re-jit a kernel's Python source with some of its globals replaced."""
     py = dispatcher.py_func
     scope = dict(py.__globals__)
     scope.update(names)
-    func = types.FunctionType(py.__code__, scope, py.__name__,
-                              py.__defaults__, py.__closure__)
+    # A fresh name per specialisation: compiled symbols are named after the
+    # function, and a cached built-in kernel loaded later must not link
+    # against a user specialisation of the same name.
+    global _n_specialised
+    _n_specialised += 1
+    name = f"{py.__name__}_user{_n_specialised}"
+    code = py.__code__.replace(co_name=name, co_qualname=name)
+    func = types.FunctionType(code, scope, name, py.__defaults__, py.__closure__)
     return njit(parallel=bool(dispatcher.targetoptions.get("parallel")))(func)

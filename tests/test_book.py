@@ -7,11 +7,11 @@ back-calculation anti-windup. ctrlsim runs the same loop digitally at 10 ms,
 so the two must agree closely but not exactly.
 """
 
+import control as ct
 import numpy as np
 import pytest
 from scipy.optimize import brentq
 
-import control as ct
 import ctrlsim
 from ctrlsim import Reference, Road, Scenario, make_plant
 
