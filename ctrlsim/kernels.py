@@ -100,7 +100,9 @@ def actuator_force(a, v, pp):
         if a >= 0.0:
             gr = pp[P_GEAR_RATIO]
             return gr * _motor_torque(gr * v, pp) * a
-        return pp[P_BRAKE] * a
+        # Brakes oppose motion and cannot push a stopped car backwards: the
+        # same smoothed sign as rolling resistance (exactly 1 above ~2 m/s).
+        return pp[P_BRAKE] * a * math.tanh(v / V_ROLL)
     return a
 
 
@@ -169,14 +171,13 @@ def equilibrium_command(v0, pp, grade_x, grade_th, events):
     payload, f_ext = _events_at(0.0, events)
     m = pp[P_MASS] + payload
     f_req = _resistance(v0, theta, m, pp) + m * pp[P_G] * math.sin(theta) - f_ext
-    if pp[P_KIND] == KIND_CAR:
-        if f_req >= 0.0:
-            gain = pp[P_GEAR_RATIO] * _motor_torque(pp[P_GEAR_RATIO] * v0, pp)
-            a0 = f_req / gain if gain > 0.0 else (0.0 if f_req == 0.0 else np.inf)
-        else:
-            a0 = f_req / pp[P_BRAKE] if pp[P_BRAKE] > 0.0 else -np.inf
+    # The actuator is linear in the command on each side of zero.
+    unit = 1.0 if f_req >= 0.0 else -1.0
+    gain = unit * actuator_force(unit, v0, pp)
+    if gain > 0.0:
+        a0 = f_req / gain
     else:
-        a0 = f_req
+        a0 = 0.0 if f_req == 0.0 else unit * np.inf
     lo, hi = pp[P_CMD_LO], pp[P_CMD_HI]
     feasible = lo <= a0 <= hi
     return min(max(a0, lo), hi), feasible

@@ -16,9 +16,12 @@ Presets
 ``car``
     The cruise-control example of Astrom & Murray, *Feedback Systems*
     (2nd ed., sec. 4.1), with the book's numbers exactly. The command is
-    ``a`` in [-1, 1]: throttle for ``a >= 0``, braking ``brake_force_max * a``
-    for ``a < 0``. The book has no brake; we choose 8000 N (0.5 g for the
-    1600 kg car, a firm but ordinary stop).
+    ``a`` in [-1, 1]: throttle for ``a >= 0``, braking for ``a < 0``. The
+    book has no brake; we choose ``brake_force_max`` = 8000 N (0.5 g for the
+    1600 kg car, a firm but ordinary stop), and the brake force is
+    ``brake_force_max * a * tanh(v / 0.1)``: it opposes motion and fades to 0
+    at standstill (the same smoothed sign as rolling resistance, exactly
+    ``brake_force_max * a`` above ~2 m/s), so braking never reverses the car.
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ def _grade(x, pts):
 def _actuator(plant, a, v):
     if plant.preset == "robot":
         return a
-    if a < 0:
-        return plant.brake_force_max * a
+    if a < 0:  # brakes oppose motion (smoothed sign, as rolling resistance)
+        return plant.brake_force_max * a * math.tanh(v / 0.1)
     ratio = plant.gear_ratios[plant.gear - 1]
     w = ratio * v
     torque = max(plant.torque_max * (1 - plant.torque_beta * (w / plant.omega_max - 1) ** 2), 0)
@@ -91,7 +91,7 @@ def reference_simulation(sc, ctl):
     elif f_req >= 0:
         a0 = f_req / _actuator(plant, 1.0, v0)
     else:
-        a0 = f_req / plant.brake_force_max
+        a0 = f_req / (plant.brake_force_max * math.tanh(v0 / 0.1))
     a0 = min(max(a0, lo), hi)
     s0 = a0 / alpha if (a0 < 0 and alpha > 0) else a0
     z = (s0 - ctl.feedforward * v0) / ctl.ki if ctl.ki else 0.0
