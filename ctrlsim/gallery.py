@@ -1,0 +1,46 @@
+"""The README's gallery: one command (``ctrlsim gallery``) writes every figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .controllers import controller
+from .loader import load_scenario
+from .plotting import comparison, sweep_plot
+from .simulate import simulate
+from .sweep import sweep
+
+__all__ = ["make_gallery"]
+
+_COMPARE = ("relu", "leaky:0.1", "linear")
+
+
+def make_gallery(out: Path) -> list[Path]:
+    """Write the gallery PNGs into ``out`` and return their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(fig, name: str) -> None:
+        path = out / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        written.append(path)
+
+    for name in ("decel", "downhill", "step", "uphill", "udds-robot"):
+        sc = load_scenario(name)
+        save(comparison([simulate(sc, controller(s)) for s in _COMPARE], list(_COMPARE)),
+             f"{name}-compare")
+    windup = load_scenario("fbs-windup")
+    specs = ["relu,kaw=0", "relu,kaw=2"]
+    save(comparison([simulate(windup, controller(s)) for s in specs],
+                    ["kaw = 0 (windup)", "kaw = 2 (anti-windup)"]), "fbs-windup-compare")
+    decel = load_scenario("decel")
+    save(sweep_plot(sweep(decel, {"alpha": np.linspace(0, 1, 21)}),
+                    title="decel: Leaky ReLU slope from 0 (ReLU) to 1 (linear)"),
+         "decel-sweep-alpha")
+    save(sweep_plot(sweep(decel, {"alpha": np.linspace(0, 1, 11),
+                                  "kp": np.linspace(40, 200, 9)}),
+                    metrics=("settling_time", "iae"), title="decel: alpha x kp"),
+         "decel-sweep-alpha-kp")
+    return written
