@@ -199,7 +199,7 @@ def _step_label(label: str, m: dict, tr: Trajectory) -> str:
     if tr.diverged:
         return f"{label}: DIVERGED at {tr.diverged_at:.2f} s"
     if math.isnan(m["overshoot"]):
-        return f"{label} (max |error| {m['max_abs_error']:.3g} m/s)"
+        return f"{label}: max |error| {m['max_abs_error']:.3g} m/s"
     ts = "not settled" if math.isnan(m["settling_time"]) else f"settles {m['settling_time']:.1f} s"
     return f"{label}: overshoot {m['overshoot']:.1f} %, {ts}"
 

@@ -97,10 +97,10 @@ def simulate(scenario: Scenario, controller: Controller | CustomController | Non
     --------
     >>> import ctrlsim
     >>> from ctrlsim.scenario import Scenario, Reference
-    >>> sc = Scenario(reference=Reference([(0.0, 2.0)]), duration=20.0)
+    >>> sc = Scenario(reference=Reference([(0.0, 2.0)]), duration=40.0)
     >>> tr = ctrlsim.simulate(sc, ctrlsim.controller("linear"))
-    >>> round(float(tr.speed[-1]), 2)
-    2.0
+    >>> round(float(tr.speed[-1]), 2), round(tr.metrics()["settling_time"], 1)
+    (2.0, 18.5)
     """
     ctl = scenario.resolved_controller(controller)
     prof = scenario.pack()
