@@ -1,8 +1,8 @@
 """ctrlsim: a numba-compiled cruise-control simulator.
 
 A robot (or Astrom & Murray's car) under ReLU, Leaky ReLU, linear or
-user-defined control laws, with step and tracking metrics. See DESIGN notes
-in the README for the model.
+user-defined control laws, with step and tracking metrics. The README
+describes the model; ``ctrlsim.kernels`` holds its only implementation.
 """
 
 from .controllers import (
@@ -13,6 +13,8 @@ from .controllers import (
     ReLUController,
     controller,
 )
+from .cycles import load_cycle
+from .loader import ScenarioError, load_scenario, shipped_scenarios
 from .metrics import METRIC_KEYS, step_info
 from .plant import Plant, make_plant
 from .scenario import Event, Reference, Road, Scenario, Sensor
@@ -25,5 +27,6 @@ __all__ = [
     "Controller", "CustomController", "LeakyReLUController", "LinearController",
     "ReLUController", "controller", "METRIC_KEYS", "step_info", "Plant",
     "make_plant", "Event", "Reference", "Road", "Scenario", "Sensor",
-    "StartWarning", "Trajectory", "simulate", "SweepResult", "sweep",
+    "StartWarning", "Trajectory", "simulate", "SweepResult", "sweep", "load_cycle",
+    "ScenarioError", "load_scenario", "shipped_scenarios",
 ]
