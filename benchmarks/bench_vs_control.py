@@ -78,13 +78,17 @@ def controller_law(ctl):
     return law
 
 
-def sampled_data_loop(plant, ctl, ts: float, substeps: int):
-    """Discrete-time plant (RK4 over each period, command held) + digital PI."""
+def sampled_data_loop(plant, ctl, ts: float, substeps: int, calls: list[int]):
+    """Discrete-time plant (RK4 over each period, command held) + digital PI.
+
+    ``calls[0]`` counts plant updates (one per control period).
+    """
     rhs, law = plant_rhs(plant), controller_law(ctl)
     lo, hi = plant.command_limits
     kaw_ki = ctl.kaw / ctl.ki
 
     def plant_update(t, x, u, params):
+        calls[0] += 1
         v, f = x
         a = u[0]
         h = ts / substeps
@@ -108,13 +112,17 @@ def sampled_data_loop(plant, ctl, ts: float, substeps: int):
     return _interconnect(plant_update, ctl_output, ctl_update, dt=ts)
 
 
-def continuous_loop(plant, ctl):
-    """Continuous-time plant + continuous PI with the same activation and clip."""
+def continuous_loop(plant, ctl, calls: list[int]):
+    """Continuous-time plant + continuous PI with the same activation and clip.
+
+    ``calls[0]`` counts right-hand-side evaluations of the plant.
+    """
     rhs, law = plant_rhs(plant), controller_law(ctl)
     lo, hi = plant.command_limits
     kaw_ki = ctl.kaw / ctl.ki
 
     def plant_update(t, x, u, params):
+        calls[0] += 1
         return list(rhs(x[0], x[1], u[0]))
 
     def ctl_output(t, x, u, params):
@@ -179,19 +187,25 @@ def main() -> None:
           f"first simulate() call (compile or cache load) {first_call:.2f} s")
 
     # Agreement first: a fast wrong answer is no benchmark.
+    sampled_calls, cont_calls = [0], [0]
     cases = [
         ("python-control sampled-data (dt = Ts, RK4 update)",
-         sampled_data_loop(sc.plant, CONTROLLER, TS, sc.substeps), 3),
+         sampled_data_loop(sc.plant, CONTROLLER, TS, sc.substeps, sampled_calls),
+         sampled_calls, 3, "plant updates"),
         ("python-control continuous PI (solve_ivp RK45)",
-         continuous_loop(sc.plant, CONTROLLER), 5),
+         continuous_loop(sc.plant, CONTROLLER, cont_calls), cont_calls, 5,
+         "plant RHS evaluations"),
     ]
     sim_best, sim_runs, tr = best_of(lambda: ctrlsim.simulate(sc), 30)
     rows = [("ctrlsim.simulate", sim_best, sim_runs, None)]
-    for name, loop, repeats in cases:
+    notes = []
+    for name, loop, calls, repeats, what in cases:
         best, runs, speed = best_of(lambda loop=loop: python_control_speed(loop, t), repeats)
         diff = float(np.max(np.abs(speed - tr.speed)))
         assert diff <= TOL, f"{name}: max |speed difference| {diff:.3g} m/s > {TOL}"
         rows.append((name, best, runs, diff))
+        notes.append(f"{name}: {calls[0] // repeats} {what} per run, "
+                     f"outputs evaluated at {t.size} times")
 
     print(f"\n{'variant':<52} {'best s':>9} {'runs':>5} {'max |dv| m/s':>13} "
           f"{'ctrlsim faster':>15}")
@@ -200,6 +214,8 @@ def main() -> None:
         ratio = best / sim_best
         print(f"{name:<52} {best:9.4f} {len(runs):5d} {diff_s:>13} {ratio:14.0f}x")
     print()
+    for note in notes:
+        print(note)
     for name, best, _, _ in rows[1:]:
         ratio = best / sim_best
         verdict = "met" if ratio >= TARGET else "NOT met"
