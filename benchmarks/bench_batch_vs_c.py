@@ -56,6 +56,7 @@ static inline double py_min(double a, double b) { return b < a ? b : a; }
 
 static double interp_clamped(double x, const double *xp, const double *fp, long n) {
     if (n == 0) return 0.0;
+    if (isnan(x)) return x;
     if (x <= xp[0]) return fp[0];
     if (x >= xp[n - 1]) return fp[n - 1];
     long i = 1;
@@ -84,7 +85,7 @@ static double actuator_force(double a, double v, const double *pp) {
             double gr = pp[P_GEAR_RATIO];
             return gr * motor_torque(gr * v, pp) * a;
         }
-        return pp[P_BRAKE] * a;
+        return pp[P_BRAKE] * a * tanh(v / V_ROLL);
     }
     return a;
 }
@@ -142,16 +143,12 @@ static double equilibrium_command(double v0, const double *pp, const Profile *pr
     events_at(0.0, pr, &payload, &f_ext);
     double m = pp[P_MASS] + payload;
     double f_req = resistance(v0, theta, m, pp) + m * pp[P_G] * sin(theta) - f_ext;
-    if (pp[P_KIND] == KIND_CAR) {
-        if (f_req >= 0.0) {
-            double gain = pp[P_GEAR_RATIO] * motor_torque(pp[P_GEAR_RATIO] * v0, pp);
-            a0 = gain > 0.0 ? f_req / gain : (f_req == 0.0 ? 0.0 : INFINITY);
-        } else {
-            a0 = pp[P_BRAKE] > 0.0 ? f_req / pp[P_BRAKE] : -INFINITY;
-        }
-    } else {
-        a0 = f_req;
-    }
+    double unit = f_req >= 0.0 ? 1.0 : -1.0;
+    double gain = unit * actuator_force(unit, v0, pp);
+    if (gain > 0.0)
+        a0 = f_req / gain;
+    else
+        a0 = f_req == 0.0 ? 0.0 : unit * INFINITY;
     double lo = pp[P_CMD_LO], hi = pp[P_CMD_HI];
     *feasible = lo <= a0 && a0 <= hi;
     return py_min(py_max(a0, lo), hi);
@@ -225,12 +222,12 @@ C_BUILDS = {
 }
 
 
-def build_c(workdir: str, name: str, flags: list[str]) -> ctypes.CDLL:
-    """Compile :data:`C_SOURCE` into a shared library and bind ``rollout_batch``."""
+def build_c(workdir: str, index: int, flags: list[str]) -> ctypes.CDLL:
+    """Compile :data:`C_SOURCE` into ``rollout_<index>.so`` and bind ``rollout_batch``."""
     src = os.path.join(workdir, "rollout.c")
     with open(src, "w") as fh:
         fh.write(C_SOURCE)
-    lib_path = os.path.join(workdir, f"rollout_{len(os.listdir(workdir))}.so")
+    lib_path = os.path.join(workdir, f"rollout_{index}.so")
     cmd = ["gcc", *flags, "-fPIC", "-shared", "-o", lib_path, src, "-lm"]
     subprocess.run(cmd, check=True)
     lib = ctypes.CDLL(lib_path)
@@ -247,9 +244,14 @@ def build_c(workdir: str, name: str, flags: list[str]) -> ctypes.CDLL:
     return lib
 
 
+ALPHAS = np.linspace(0.0, 1.0, 16)
+KPS = np.linspace(40.0, 160.0, 16)   # N/(m/s)
+
+
 def make_workload(duration: float):
     """A robot scenario with a grade, a payload event and a set-speed change,
-    and 256 parameter sets (16 alphas x 16 proportional gains)."""
+    and 256 parameter sets (16 alphas x 16 proportional gains, C order as in
+    :func:`ctrlsim.sweep`)."""
     sc = Scenario(reference=Reference([(0.0, 2.0), (duration / 2, 1.0)]),
                   duration=duration, control_period=0.01, substeps=10,
                   initial_speed=1.0, plant=make_plant("robot"),
@@ -258,10 +260,22 @@ def make_workload(duration: float):
     base = sc.resolved_controller()
     ctls = [LeakyReLUController(alpha=alpha, kp=kp, ki=base.ki, kd=base.kd, kaw=base.kaw,
                                 feedforward=base.feedforward)
-            for alpha in np.linspace(0.0, 1.0, 16) for kp in np.linspace(40.0, 160.0, 16)]
+            for alpha in ALPHAS for kp in KPS]
     pp = np.array([sc.plant.pack()] * len(ctls))
     cp = np.array([c.pack() for c in ctls])
     return sc, pp, cp, sc.pack()
+
+
+def car_workload():
+    """A short car run with a hill and a speed decrease (throttle and brake),
+    only to check that the C car actuator matches the kernel too."""
+    sc = Scenario(reference=Reference([(0.0, 20.0), (10.0, 15.0)]), duration=20.0,
+                  control_period=0.01, substeps=2, initial_speed=20.0,
+                  plant=make_plant("car"), road=Road(((0.0, 0.0), (100.0, 4.0)), by="position"))
+    ctls = [ctrlsim.controller(spec).resolve(None, "car")
+            for spec in ("relu", "leaky:0.3", "linear,kaw=0")]
+    pp = np.array([sc.plant.pack()] * len(ctls))
+    return sc, pp, np.array([c.pack() for c in ctls]), sc.pack()
 
 
 def run_numba(pp, cp, prof, out, div, feas):
@@ -300,8 +314,8 @@ def main() -> None:
           f"numpy {np.__version__}, {os.cpu_count()} CPUs ({cpu_model()}), "
           f"numba threads {n_threads}")
 
-    # Size the work so the fastest variant takes >= 1 s per measurement.
-    duration = 100.0
+    # Sized so that the fastest variant takes >= 1 s per measurement.
+    duration = 40.0
     sc, pp, cp, prof = make_workload(duration)
     rows, n, sub = pp.shape[0], sc.n_steps, sc.substeps
     shape = (rows, prof.ref.size, len(K.OUT_FIELDS))
@@ -310,11 +324,19 @@ def main() -> None:
     feas_nb, feas_c = np.empty(rows, np.bool_), np.empty(rows, np.bool_)
 
     with tempfile.TemporaryDirectory(prefix="ctrlsim_bench_c_") as tmp:
-        libs = {name: build_c(tmp, name, flags) for name, flags in C_BUILDS.items()}
+        libs = {name: build_c(tmp, i + 1, flags)
+                for i, (name, flags) in enumerate(C_BUILDS.items())}
         for name, lib in libs.items():
             print(f"{name}: {lib.command}")
 
         # Warm up numba (compile or load from cache) and check equality.
+        _, car_pp, car_cp, car_prof = car_workload()
+        car = [(np.empty((3, car_prof.ref.size, 5)), np.empty(3, np.int64),
+                np.empty(3, np.bool_)) for _ in range(2)]
+        run_numba(car_pp, car_cp, car_prof, *car[0])
+        for lib in libs.values():
+            run_c(lib, car_pp, car_cp, car_prof, *car[1])
+            assert np.array_equal(car[0][0], car[1][0], equal_nan=True), "car: C != numba"
         run_numba(pp, cp, prof, out_nb, div_nb, feas_nb)
         assert not (div_nb >= 0).any(), "a row diverged; pick another workload"
         for name, lib in libs.items():
@@ -326,9 +348,14 @@ def main() -> None:
                   f"max |diff| over all outputs = {diff_all:.3g}")
             assert diff <= FINAL_SPEED_TOL, f"C and numba disagree: {diff}"
 
+        res = ctrlsim.sweep(sc, {"alpha": ALPHAS, "kp": KPS})
+        sweep_final = np.array([tr.speed[-1] for tr in res.trajectories])
+        assert np.array_equal(sweep_final, out_nb[:, -1, 1]), "sweep and rollout_batch differ"
+
         # Interleave the variants so load from other processes hits all alike.
         variants = {f"numba rollout_batch, {n_threads} threads": ("nb", n_threads),
-                    "numba rollout_batch, 1 thread": ("nb", 1)}
+                    "numba rollout_batch, 1 thread": ("nb", 1),
+                    f"ctrlsim.sweep (+ metrics), {n_threads} thr": ("sweep", None)}
         variants.update({name: ("c", lib) for name, lib in libs.items()})
         times: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(REPEATS):
@@ -338,6 +365,9 @@ def main() -> None:
                     times[name].append(
                         timed(lambda: run_numba(pp, cp, prof, out_nb, div_nb, feas_nb)))
                     numba.set_num_threads(n_threads)
+                elif kind == "sweep":
+                    times[name].append(
+                        timed(lambda: ctrlsim.sweep(sc, {"alpha": ALPHAS, "kp": KPS})))
                 else:
                     times[name].append(
                         timed(lambda arg=arg: run_c(arg, pp, cp, prof, out_c, div_c, feas_c)))
