@@ -74,6 +74,12 @@ static void events_at(double t, const Profile *pr, double *payload, double *forc
     *payload = pl; *force = fo;
 }
 
+/* tanh(v / V_ROLL); beyond |x| = 19.1 the rounded tanh is exactly +-1 (as in kernels.py). */
+static inline double smooth_sign(double v) {
+    double x = v / V_ROLL;
+    return fabs(x) > 19.1 ? copysign(1.0, x) : tanh(x);
+}
+
 static double motor_torque(double omega, const double *pp) {
     double x = omega / pp[P_WMAX] - 1.0;
     return py_max(pp[P_TMAX] * (1.0 - pp[P_BETA] * x * x), 0.0);
@@ -85,13 +91,13 @@ static double actuator_force(double a, double v, const double *pp) {
             double gr = pp[P_GEAR_RATIO];
             return gr * motor_torque(gr * v, pp) * a;
         }
-        return pp[P_BRAKE] * a * tanh(v / V_ROLL);
+        return pp[P_BRAKE] * a * smooth_sign(v);
     }
     return a;
 }
 
 static double resistance(double v, double theta, double m, const double *pp) {
-    double roll = pp[P_CR] * m * pp[P_G] * cos(theta) * tanh(v / V_ROLL);
+    double roll = pp[P_CR] * m * pp[P_G] * cos(theta) * smooth_sign(v);
     return roll + pp[P_DLIN] * v + pp[P_DQUAD] * v * fabs(v);
 }
 

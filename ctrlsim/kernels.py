@@ -55,7 +55,10 @@ _STAGE_EPS = 1e-9
 # --------------------------------------------------------------------------
 # Plant
 # --------------------------------------------------------------------------
-@njit(cache=True)
+# The right-hand side and its helpers are inlined into plant_interval: out of
+# line, numba passes every array as a full struct on each of the 4 calls per
+# substep (measured: ~1.3x faster per core; cold compile +1.5 s).
+@njit(cache=True, inline="always")
 def _interp_clamped(x, xp, fp):
     """Piecewise-linear interpolation, constant beyond the ends; 0 if empty."""
     n = xp.shape[0]
@@ -74,7 +77,7 @@ def _interp_clamped(x, xp, fp):
     return fp[i - 1] + w * (fp[i] - fp[i - 1])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _events_at(t, events):
     """Total (payload kg, external force N) of the events active at time t."""
     payload = 0.0
@@ -86,14 +89,24 @@ def _events_at(t, events):
     return payload, force
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _smooth_sign(v):
+    """``tanh(v / V_ROLL)``: the sign of v, smoothed over a few cm/s."""
+    x = v / V_ROLL
+    # Beyond |x| = 19.1 the correctly rounded tanh is exactly +-1: skip the call.
+    if abs(x) > 19.1:
+        return math.copysign(1.0, x)
+    return math.tanh(x)
+
+
+@njit(cache=True, inline="always")
 def _motor_torque(omega, pp):
     """Engine torque curve of Astrom & Murray, N m, never negative."""
     x = omega / pp[P_WMAX] - 1.0
     return max(pp[P_TMAX] * (1.0 - pp[P_BETA] * x * x), 0.0)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def actuator_force(a, v, pp):
     """Force target (N) the actuator produces for command ``a`` at speed ``v``."""
     if pp[P_KIND] == KIND_CAR:
@@ -102,18 +115,18 @@ def actuator_force(a, v, pp):
             return gr * _motor_torque(gr * v, pp) * a
         # Brakes oppose motion and cannot push a stopped car backwards: the
         # same smoothed sign as rolling resistance (exactly 1 above ~2 m/s).
-        return pp[P_BRAKE] * a * math.tanh(v / V_ROLL)
+        return pp[P_BRAKE] * a * _smooth_sign(v)
     return a
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _resistance(v, theta, m, pp):
     """Rolling resistance plus linear and quadratic drag, N."""
-    roll = pp[P_CR] * m * pp[P_G] * math.cos(theta) * math.tanh(v / V_ROLL)
+    roll = pp[P_CR] * m * pp[P_G] * math.cos(theta) * _smooth_sign(v)
     return roll + pp[P_DLIN] * v + pp[P_DQUAD] * v * abs(v)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _derivatives(p, v, f, t, a, pp, grade_x, grade_th, grade_by_time, events):
     """Right-hand side (dp/dt, dv/dt, dF/dt) of the plant at time t."""
     theta = _interp_clamped(t if grade_by_time else p, grade_x, grade_th)
