@@ -18,7 +18,7 @@ from .loader import ScenarioError, load_scenario, shipped_scenarios
 from .metrics import METRIC_KEYS, step_info
 from .plant import Plant, make_plant
 from .scenario import Event, Reference, Road, Scenario, Sensor
-from .simulate import StartWarning, Trajectory, simulate
+from .simulate import SetupWarning, StartWarning, Trajectory, simulate
 from .sweep import SweepResult, sweep
 
 __version__ = "0.1.0"
@@ -27,6 +27,6 @@ __all__ = [
     "Controller", "CustomController", "LeakyReLUController", "LinearController",
     "ReLUController", "controller", "METRIC_KEYS", "step_info", "Plant",
     "make_plant", "Event", "Reference", "Road", "Scenario", "Sensor",
-    "StartWarning", "Trajectory", "simulate", "SweepResult", "sweep", "load_cycle",
+    "SetupWarning", "StartWarning", "Trajectory", "simulate", "SweepResult", "sweep", "load_cycle",
     "ScenarioError", "load_scenario", "shipped_scenarios",
 ]

@@ -72,9 +72,13 @@ class Controller:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
                 raise ValueError(f"{name}: must be a number, got {value!r}")
+            try:
+                value = float(value)
+            except OverflowError:
+                value = math.inf
             if not math.isfinite(value):
-                raise ValueError(f"{name}: must be finite, got {value}")
-            object.__setattr__(self, name, float(value))
+                raise ValueError(f"{name}: must be finite, got {getattr(self, name)}")
+            object.__setattr__(self, name, value)
         if getattr(self, "kaw", None) is not None and self.kaw < 0:
             raise ValueError(f"kaw: must be >= 0, got {self.kaw}")
 
@@ -213,6 +217,8 @@ class CustomController:
         if not hasattr(self.law, "py_func"):
             raise TypeError("CustomController: law must be a numba.njit function "
                             "law(e, z, d, y, r) -> u")
+        if not (math.isfinite(self.kaw) and self.kaw >= 0):
+            raise ValueError(f"kaw: must be a finite number >= 0, got {self.kaw}")
 
     @property
     def spec(self) -> str:
@@ -265,7 +271,7 @@ def controller(spec: str) -> Controller:
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"controller spec must be a non-empty string, got {spec!r}")
     head, *pairs = [part.strip() for part in spec.split(",")]
-    kind, _, alpha = head.partition(":")
+    kind, colon, alpha = head.partition(":")
     kind = kind.strip().lower()
     if kind == "mlp":
         raise ValueError(f"controller {spec!r}: mlp controllers are not available "
@@ -274,7 +280,7 @@ def controller(spec: str) -> Controller:
         raise ValueError(f"controller {spec!r}: unknown type {kind!r} "
                          f"(expected one of {', '.join(_TYPES)})")
     kwargs: dict[str, float] = {}
-    if alpha:
+    if colon:
         if kind != "leaky":
             raise ValueError(f"controller {spec!r}: only leaky takes ':ALPHA'")
         kwargs["alpha"] = _spec_number(spec, "alpha", alpha)
@@ -285,8 +291,13 @@ def controller(spec: str) -> Controller:
         if not eq or key not in allowed:
             raise ValueError(f"controller {spec!r}: bad setting {pair!r} "
                              f"(expected key=value with key in {', '.join(allowed)})")
+        if key in kwargs:
+            raise ValueError(f"controller {spec!r}: {key} is given twice")
         kwargs[key] = _spec_number(spec, key, value)
-    return _TYPES[kind](**kwargs)
+    try:
+        return _TYPES[kind](**kwargs)
+    except ValueError as exc:
+        raise ValueError(f"controller {spec!r}: {exc}") from None
 
 
 def default_controller(preset: str) -> Controller:

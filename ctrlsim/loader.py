@@ -131,9 +131,13 @@ class _Parser:
         value = data[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail(path, f"must be a number, got {_kind(value)}")
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond the float range
+            value = math.inf
         if not math.isfinite(value):
-            raise self.fail(path, f"must be finite, got {value}")
-        return float(value)
+            raise self.fail(path, f"must be finite, got {data[key]}")
+        return value
 
     def integer(self, data: dict, key: str, path: str, default: int) -> int:
         value = data.get(key, default)

@@ -22,6 +22,9 @@ __all__ = ["Scenario", "Reference", "Road", "Event", "Sensor", "Profiles"]
 
 # A speed this large (m/s) means the integration has blown up.
 SPEED_LIMIT = 1000.0
+# Largest run accepted: 20 M samples (800 MB of output) and 10 000 substeps.
+MAX_SAMPLES = 20_000_000
+MAX_SUBSTEPS = 10_000
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,8 @@ class Reference:
             raise ValueError(f"reference.{self.kind}: values must be finite")
         if any(t < 0 for t in times):
             raise ValueError(f"reference.{self.kind}: times must be >= 0")
-        if any(b < a for a, b in zip(times, times[1:])):
-            raise ValueError(f"reference.{self.kind}: times must be increasing")
+        if any(b <= a for a, b in zip(times, times[1:])):
+            raise ValueError(f"reference.{self.kind}: times must be strictly increasing")
 
     def sample(self, t: np.ndarray, initial_speed: float) -> np.ndarray:
         """Reference speed at times ``t`` (s)."""
@@ -219,17 +222,25 @@ class Scenario:
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{key}: must be a positive number, got {value}")
         if isinstance(self.substeps, bool) or not isinstance(self.substeps, (int, np.integer)) \
-                or self.substeps < 1:
-            raise ValueError(f"substeps: must be a positive integer, got {self.substeps!r}")
+                or not 1 <= self.substeps <= MAX_SUBSTEPS:
+            raise ValueError(f"substeps: must be an integer from 1 to {MAX_SUBSTEPS}, "
+                             f"got {self.substeps!r}")
         if not math.isfinite(self.initial_speed):
             raise ValueError(f"initial_speed: must be finite, got {self.initial_speed}")
-        n = round(self.duration / self.control_period)
+        n = self.duration / self.control_period
+        if n + 1 > MAX_SAMPLES:
+            raise ValueError(f"duration: {self.duration} s at control_period "
+                             f"{self.control_period} s is {n:.3g} samples "
+                             f"(at most {MAX_SAMPLES:.0e})")
+        n = round(n)
         if n < 1 or abs(n * self.control_period - self.duration) > 1e-9 * self.duration:
             raise ValueError(f"duration: must be a whole number of control periods "
                              f"({self.control_period} s), got {self.duration}")
-        for e in self.events:
-            if self.plant.mass + e.payload <= 0:
-                raise ValueError(f"events.payload: {e.payload} kg leaves no mass")
+        for start in [0.0] + [e.at for e in self.events]:
+            payload = sum(e.payload for e in self.events if e.at <= start < e.until)
+            if self.plant.mass + payload <= 0:
+                raise ValueError(f"events.payload: the events active at t = {start} s "
+                                 f"remove {-payload} kg from a {self.plant.mass} kg vehicle")
 
     @property
     def n_steps(self) -> int:

@@ -11,11 +11,15 @@ from . import kernels as K
 from .controllers import Controller, CustomController
 from .scenario import Scenario
 
-__all__ = ["simulate", "Trajectory", "StartWarning"]
+__all__ = ["simulate", "Trajectory", "StartWarning", "SetupWarning"]
 
 
 class StartWarning(UserWarning):
     """The actuator cannot hold the initial speed, so the run starts off equilibrium."""
+
+
+class SetupWarning(UserWarning):
+    """A setting that will give results the user probably does not expect."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,6 +107,7 @@ def simulate(scenario: Scenario, controller: Controller | CustomController | Non
     (2.0, 18.5)
     """
     ctl = scenario.resolved_controller(controller)
+    check_setup(scenario, [ctl])
     prof = scenario.pack()
     rollout = ctl.kernels()[0] if isinstance(ctl, CustomController) else K.rollout
     out = np.empty((prof.ref.size, len(K.OUT_FIELDS)))
@@ -123,6 +128,26 @@ def make_trajectory(scenario: Scenario, ctl, ref: np.ndarray, out: np.ndarray,
     return Trajectory(t=t, reference=ref, diverged=diverged_at >= 0,
                       diverged_at=float(t[diverged_at]) if diverged_at >= 0 else None,
                       scenario=scenario, controller=ctl, **cols)
+
+
+def check_setup(scenario: Scenario, controllers) -> None:
+    """Warn about settings that are legal but give misleading numbers."""
+    h = scenario.control_period / scenario.substeps
+    tau = scenario.plant.actuator_tau
+    if 0 < tau < h:
+        warnings.warn(
+            f"scenario {scenario.name!r}: the RK4 substep ({h:g} s) is longer than "
+            f"actuator_tau ({tau:g} s): inaccurate, and unstable beyond 2.78*tau "
+            f"(needs substeps >= {scenario.control_period / tau:.3g})",
+            SetupWarning, stacklevel=3)
+    for ctl in controllers:
+        alpha = getattr(ctl, "alpha", None)
+        if alpha is not None and 0 < alpha < 1 and ctl.kaw > 0:
+            warnings.warn(
+                f"{ctl.spec}: back-calculation anti-windup acts on a - s (DESIGN 4), which "
+                f"for Leaky ReLU is nonzero whenever it brakes, so braking leaves a steady "
+                f"speed error; set kaw=0 for a fair comparison", SetupWarning, stacklevel=3)
+            break
 
 
 def warn_infeasible_start(scenario: Scenario) -> None:

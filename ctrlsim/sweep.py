@@ -12,8 +12,8 @@ from . import kernels as K
 from .controllers import GAIN_NAMES, Controller, CustomController, LeakyReLUController
 from .metrics import METRIC_KEYS
 from .plant import CAR_FIELDS, ROBOT_FIELDS
-from .scenario import Scenario
-from .simulate import Trajectory, make_trajectory, warn_infeasible_start
+from .scenario import MAX_SAMPLES, Scenario
+from .simulate import Trajectory, check_setup, make_trajectory, warn_infeasible_start
 
 __all__ = ["sweep", "SweepResult", "sweepable"]
 
@@ -113,6 +113,7 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
         plant_changes = {n: v for n, v in setting.items() if n not in CONTROLLER_PARAMS}
         plants.append(scenario.plant.with_(**plant_changes) if plant_changes
                       else scenario.plant)
+    check_setup(scenario, ctls)
     prof = scenario.pack()
     pp = np.array([p.pack() for p in plants])
     cp = np.array([c.pack() for c in ctls])
@@ -152,8 +153,17 @@ def _check_params(scenario: Scenario, params: Mapping[str, Sequence[float]]):
         arr = np.atleast_1d(np.asarray(values, dtype=float))
         if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)):
             raise ValueError(f"sweep: {name} needs a non-empty list of finite numbers")
+        if name == "gear":
+            if np.any(arr != np.round(arr)):
+                raise ValueError(f"sweep: gear takes whole numbers, got {arr.tolist()}")
+            arr = arr.astype(int)
         names.append(name)
-        axes.append(arr if name != "gear" else arr.astype(int))
+        axes.append(arr)
+    rows = int(np.prod([a.size for a in axes]))
+    size = rows * (scenario.n_steps + 1)
+    if size > MAX_SAMPLES:
+        raise ValueError(f"sweep: {rows} runs of {scenario.n_steps + 1} samples is too large "
+                         f"(at most {MAX_SAMPLES:.0e} samples in all)")
     return tuple(names), tuple(axes)
 
 

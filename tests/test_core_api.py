@@ -152,6 +152,7 @@ def test_kernel_output_is_finite_unless_flagged(plant, gains, substeps, period, 
                   road=Road(((0.0, grade),)), sensor=Sensor(speed_noise_std=noise))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ctrlsim.StartWarning)
+        warnings.simplefilter("ignore", ctrlsim.SetupWarning)
         tr = ctrlsim.simulate(sc, ctrlsim.LeakyReLUController(**gains))
     cols = np.stack([tr.position, tr.speed, tr.force, tr.command, tr.applied])
     metrics = tr.metrics()

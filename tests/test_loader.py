@@ -68,7 +68,8 @@ def test_shipped_scenario_runs_without_divergence(name, spec):
     sc = load_scenario(name)
     assert sc.name == name
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no shipped scenario may start infeasibly
+        # No shipped scenario may start infeasibly.
+        warnings.simplefilter("error", ctrlsim.StartWarning)
         tr = ctrlsim.simulate(sc, ctrlsim.controller(spec))
     assert not tr.diverged
     assert np.all(np.isfinite(tr.speed))
