@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .controllers import DEFAULT_COMPARISON
 from .controllers import controller as parse_controller
 from .loader import load_scenario, shipped_scenarios
 from .metrics import METRIC_KEYS
@@ -25,7 +27,7 @@ from .simulate import Trajectory, simulate
 
 __all__ = ["main"]
 
-DEFAULT_COMPARE = ("relu", "leaky:0.1", "linear")
+_PLOT_SUFFIXES = {".png", ".pdf", ".svg", ".jpg"}
 # (metric, header, width) of the human tables.
 _COLUMNS = (("overshoot", "overshoot [%]", 13), ("settling_time", "settling [s]", 12),
             ("rise_time", "rise [s]", 8), ("peak", "peak [m/s]", 10),
@@ -44,8 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             code = args.func(args)
-        for w in caught:
-            print(f"ctrlsim: warning: {w.message}", file=sys.stderr)
+        for message in dict.fromkeys(str(w.message) for w in caught):
+            print(f"ctrlsim: warning: {message}", file=sys.stderr)
         return code
     except ValueError as exc:  # ScenarioError, bad specs, bad parameters
         if args.debug:
@@ -77,6 +79,7 @@ def _cmd_scenarios(args) -> int:
 
 
 def _cmd_run(args) -> int:
+    _check_outputs(args)
     sc = load_scenario(args.scenario)
     ctl = parse_controller(args.controller) if args.controller else None
     tr = simulate(sc, ctl)
@@ -88,8 +91,9 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_compare(args) -> int:
+    _check_outputs(args)
     sc = load_scenario(args.scenario)
-    specs = args.controller or list(DEFAULT_COMPARE)
+    specs = args.controller or list(DEFAULT_COMPARISON)
     ctls = [parse_controller(s) for s in specs]
     trs = [simulate(sc, c) for c in ctls]
     _report(sc, specs, trs, args, "compare")
@@ -99,16 +103,30 @@ def _cmd_compare(args) -> int:
 def _cmd_sweep(args) -> int:
     from .sweep import sweep
 
+    _check_outputs(args)
     sc = load_scenario(args.scenario)
-    params = dict(_parse_param(p) for p in args.param)
+    params: dict[str, np.ndarray] = {}
+    for text in args.param:
+        name, values = _parse_param(text)
+        if name in params:
+            raise UsageError(f"--param {name} is given twice")
+        params[name] = values
+    metrics = args.metric or ["overshoot", "settling_time"]
+    for m in metrics:
+        if m not in METRIC_KEYS:
+            raise UsageError(f"--metric: unknown metric {m!r} "
+                             f"(choose from {', '.join(METRIC_KEYS)})")
+    if args.plot is not None and len(params) > 2:
+        raise UsageError("--plot draws 1-D or 2-D sweeps; give at most two --param")
     ctl = parse_controller(args.controller) if args.controller else None
     total = int(np.prod([len(v) for v in params.values()]))
     with _progress(total) as bar:
         res = sweep(sc, params, controller=ctl, progress=lambda done, n: bar.update(done - bar.n))
     rows = res.rows()
+    spec = args.controller or sc.resolved_controller(ctl).spec
     if args.json:
-        _print_json({"scenario": sc.name, "params": list(res.names),
-                     "results": [{"params": {n: r[n] for n in res.names},
+        _print_json({"scenario": sc.name, "controller": spec, "params": list(res.names),
+                     "results": [{"controller": spec, "params": {n: r[n] for n in res.names},
                                   "diverged": r["diverged"],
                                   "metrics": {k: r[k] for k in METRIC_KEYS}} for r in rows]})
     else:
@@ -120,11 +138,6 @@ def _cmd_sweep(args) -> int:
     if args.plot is not None:
         from .plotting import sweep_plot
 
-        metrics = args.metric or ["overshoot", "settling_time"]
-        for m in metrics:
-            if m not in METRIC_KEYS:
-                raise UsageError(f"--metric: unknown metric {m!r} "
-                                 f"(choose from {', '.join(METRIC_KEYS)})")
         what = "sweep-" + "-".join(res.names)
         _save(sweep_plot(res, metrics, title=f"{sc.name}: sweep"), args.plot, sc.name, what,
               args.json)
@@ -167,7 +180,7 @@ def _fmt_row(lead: list[str], m: dict, diverged: bool, at: float | None = None) 
                 m["overshoot"]) else "-")
         else:
             cells.append(f"{value:.3g}" if abs(value) < 1e4 else f"{value:.4g}")
-    status = "ok" if not diverged else ("DIVERGED" + (f" at {at:.2f} s" if at else ""))
+    status = "ok" if not diverged else ("DIVERGED" + (f" at {at:.2f} s" if at is not None else ""))
     return lead + cells + [status]
 
 
@@ -199,8 +212,20 @@ def _strict(obj):
     return obj
 
 
+def _check_outputs(args) -> None:
+    """Reject unusable output paths before any simulation runs."""
+    plot = getattr(args, "plot", None)
+    if plot and Path(plot).suffix.lower() not in _PLOT_SUFFIXES:
+        raise UsageError(f"--plot {plot}: give a file name ending in "
+                         f"{', '.join(sorted(_PLOT_SUFFIXES))}")
+    for flag, path in (("--plot", plot), ("--csv", getattr(args, "csv", None))):
+        if path and Path(path).is_dir():
+            raise UsageError(f"{flag} {path}: is a directory, give a file name")
+
+
 def _save(fig, path: str, scenario: str, what: str, quiet: bool) -> None:
-    target = Path(path) if path else Path("plots") / f"{scenario}-{what}.png"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", scenario).strip("._") or "scenario"
+    target = Path(path) if path else Path("plots") / f"{safe}-{what}.png"
     target.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(target, dpi=110)
     print(f"plot written to {target}", file=sys.stderr if quiet else sys.stdout)
@@ -263,30 +288,34 @@ def _parser() -> argparse.ArgumentParser:
         prog="ctrlsim", description="Cruise-control simulator: ReLU vs Leaky ReLU vs linear "
         "control laws on a robot or Astrom & Murray's car.")
     p.add_argument("--version", action="version", version=f"ctrlsim {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add = lambda name, **kw: sub.add_parser(name, parents=[common], **kw)  # noqa: E731
 
-    s = sub.add_parser("scenarios", help="list the shipped scenarios")
+    s = add("scenarios", help="list the shipped scenarios")
     s.set_defaults(func=_cmd_scenarios)
 
     spec_help = "controller spec TYPE[:ALPHA][,key=value...], e.g. leaky:0.05,kp=80"
     plot_help = "write a PNG (default: plots/<scenario>-<what>.png)"
 
-    s = sub.add_parser("run", help="simulate one scenario with one controller")
+    s = add("run", help="simulate one scenario with one controller")
     s.add_argument("scenario", help="shipped scenario name or TOML path")
     s.add_argument("-c", "--controller", help=spec_help + " (default: the scenario's)")
     s.set_defaults(func=_cmd_run)
     _output_args(s, plot_help)
     s.add_argument("--csv", metavar="FILE", help="write the trajectory as CSV")
 
-    s = sub.add_parser("compare", help="simulate one scenario under several controllers")
+    s = add("compare", help="simulate one scenario under several controllers")
     s.add_argument("scenario", help="shipped scenario name or TOML path")
     s.add_argument("-c", "--controller", action="append",
                    help=spec_help + "; repeat it (default: relu, leaky:0.1, linear)")
     s.set_defaults(func=_cmd_compare)
     _output_args(s, plot_help)
 
-    s = sub.add_parser("sweep", help="grid sweep of controller gains or plant fields")
+    s = add("sweep", help="grid sweep of controller gains or plant fields")
     s.add_argument("scenario", help="shipped scenario name or TOML path")
     s.add_argument("--param", action="append", required=True, metavar="NAME=START:STOP:NUM",
                    help="parameter and values (repeat for a grid product)")
@@ -297,7 +326,7 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_sweep)
     _output_args(s, plot_help)
 
-    s = sub.add_parser("gallery", help="write the README's gallery of plots")
+    s = add("gallery", help="write the README's gallery of plots")
     s.add_argument("--out", default="plots", help="output folder (default: plots)")
     s.set_defaults(func=_cmd_gallery)
     return p

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, ClassVar
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import numpy as np
 
@@ -29,6 +29,8 @@ __all__ = [
 ]
 
 GAIN_NAMES = ("kp", "ki", "kd", "kaw", "feedforward")
+# What `ctrlsim compare` and the gallery run when not told otherwise.
+DEFAULT_COMPARISON = ("relu", "leaky:0.1", "linear")
 DEFAULT_ALPHA = 0.1
 
 # Preset defaults. Robot: a stiff PI (100 N per m/s; ki/kp = 0.2 1/s) that
@@ -121,9 +123,6 @@ class Controller:
         gains = [f"{n}={getattr(self, n):g}" for n in GAIN_NAMES
                  if getattr(self, n) is not None]
         return ",".join([head] + gains)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"type": self.kind, **asdict(self)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -238,9 +237,6 @@ class CustomController:
         if self._kernels is None:
             object.__setattr__(self, "_kernels", K.specialise(self.law))
         return self._kernels
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"type": "custom", "name": self.name, "kaw": self.kaw}
 
 
 _TYPES = {"relu": ReLUController, "leaky": LeakyReLUController,

@@ -6,15 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .controllers import controller
+from .controllers import DEFAULT_COMPARISON, controller
 from .loader import load_scenario
 from .plotting import comparison, sweep_plot
 from .simulate import simulate
 from .sweep import sweep
 
 __all__ = ["make_gallery"]
-
-_COMPARE = ("relu", "leaky:0.1", "linear")
 
 
 def make_gallery(out: Path) -> list[Path]:
@@ -29,8 +27,8 @@ def make_gallery(out: Path) -> list[Path]:
 
     for name in ("decel", "downhill", "step", "uphill", "udds-robot"):
         sc = load_scenario(name)
-        save(comparison([simulate(sc, controller(s)) for s in _COMPARE], list(_COMPARE)),
-             f"{name}-compare")
+        runs = [simulate(sc, controller(s)) for s in DEFAULT_COMPARISON]
+        save(comparison(runs, list(DEFAULT_COMPARISON)), f"{name}-compare")
     windup = load_scenario("fbs-windup")
     specs = ["relu,kaw=0", "relu,kaw=2"]
     save(comparison([simulate(windup, controller(s)) for s in specs],

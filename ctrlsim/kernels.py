@@ -27,7 +27,7 @@ from numba import njit, prange
 __all__ = [
     "N_PLANT", "N_CTRL", "KIND_ROBOT", "KIND_CAR", "OUT_FIELDS",
     "actuator_force", "plant_interval", "equilibrium_command",
-    "rollout", "rollout_batch", "step_batch", "specialise",
+    "rollout", "rollout_batch", "specialise",
 ]
 
 # Plant vector indices.
@@ -289,21 +289,6 @@ def rollout_batch(pp, cp, v0, ref, noise, ts, substeps, grade_x, grade_th,
         diverged_at[i], feasible[i] = rollout(
             pp[i], cp[i], v0, ref, noise, ts, substeps, grade_x, grade_th,
             grade_by_time, events, v_limit, out[i])
-
-
-@njit(cache=True, parallel=True)
-def step_batch(states, t, actions, dt, substeps, pp, grade_x, grade_th,
-               grade_by_time, events):
-    """Advance B plants (rows ``(p, v, F)`` of ``states``, in place) by ``dt``.
-
-    ``actions`` are actuator commands already in the actuator's range; ``t``
-    holds each plant's current time. Used by open-loop front ends (the
-    gymnasium environment).
-    """
-    for i in prange(states.shape[0]):
-        states[i, 0], states[i, 1], states[i, 2] = plant_interval(
-            states[i, 0], states[i, 1], states[i, 2], actions[i], t[i], dt,
-            substeps, pp[i], grade_x, grade_th, grade_by_time, events)
 
 
 # --------------------------------------------------------------------------

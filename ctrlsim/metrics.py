@@ -166,6 +166,10 @@ def trajectory_metrics(tr: Trajectory) -> dict[str, float]:
             ref = float(tr.reference[sel][-1])
             out.update(step_info(tr.t[sel], tr.speed[sel], initial=tr.speed[sel][0],
                                  final=ref))
+            # Times count from the change, which may fall between samples.
+            lag = float(tr.t[sel][0]) - t0
+            out["settling_time"] += lag
+            out["peak_time"] += lag
     out["steady_state_value"] = float(tr.speed[-1])
     out["steady_state_error"] = float(tr.reference[-1] - tr.speed[-1])
     out.update(tracking_metrics(tr.t, tr.error, tr.applied, tr.force, tr.speed))

@@ -111,10 +111,6 @@ class Plant:
             return -1.0, 1.0
         return float(self.force_min), float(self.force_max)
 
-    @property
-    def command_unit(self) -> str:
-        return "N" if self.preset == "robot" else "1"
-
     def with_(self, **changes: Any) -> Plant:
         """Copy with some fields changed (validated like the original)."""
         return make_plant(self.preset, **{**self.overrides(), **changes})

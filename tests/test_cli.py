@@ -89,6 +89,7 @@ def test_sweep_table_csv_json_and_heatmap(tmp_path):
     assert out.returncode == 0, out.stderr
     doc = _strict_json(out.stdout)
     assert doc["params"] == ["alpha", "kp"] and len(doc["results"]) == 6
+    assert doc["results"][0]["controller"].startswith("leaky")
     assert doc["results"][0]["params"] == {"alpha": 0.0, "kp": 50.0}
     rows = list(csv.DictReader(open(tmp_path / "s.csv")))
     assert len(rows) == 6 and set(METRIC_KEYS) <= set(rows[0])
@@ -104,6 +105,13 @@ def test_sweep_table_csv_json_and_heatmap(tmp_path):
     (["sweep", "decel", "--param", "alpha=0:1:3", "--plot", "x.png", "--metric", "zzz"],
      "unknown metric"),
     (["frobnicate"], "invalid choice"),
+    (["run", "decel", "--plot", "out"], "file name ending in"),
+    (["run", "decel", "--csv", "."], "is a directory"),
+    (["sweep", "decel", "--param", "alpha=0:1:3", "--param", "alpha=1"], "given twice"),
+    (["sweep", "decel", "--param", "alpha=0:1:2", "--param", "kp=1,2", "--param", "ki=1",
+      "--plot"], "at most two"),
+    (["sweep", "fbs-hill", "--param", "gear=1.5,2"], "whole numbers"),
+    (["run", "decel", "-c", "relu,kp=1,kp=2"], "given twice"),
 ])
 def test_usage_errors_exit_2_without_traceback(tmp_path, args, fragment):
     out = ctrlsim(*args, cwd=tmp_path)
@@ -122,6 +130,11 @@ def test_diverged_controller_is_reported_not_a_crash(tmp_path):
     assert all(v is None for v in results[0]["metrics"].values())
     table = ctrlsim("compare", str(scen), "-c", "linear")
     assert "DIVERGED" in table.stdout
+
+
+def test_debug_flag_after_the_subcommand_shows_the_traceback(tmp_path):
+    out = ctrlsim("run", "nope", "--debug", cwd=tmp_path)
+    assert out.returncode != 0 and "Traceback" in out.stderr
 
 
 def test_cycle_scenario_table_has_dashes_for_step_metrics():

@@ -140,6 +140,13 @@ MALFORMED = [  # (description, old, new, key named in the message)
     ("payload leaves no mass", "payload = 5.0", "payload = -25.0", "events.payload"),
     ("duration not a multiple", "duration = 2.0", "duration = 2.005", "duration"),
     ("invalid toml", "[sensor]", "[sensor", "(file)"),
+    ("duplicate step time", "steps = [[0.0, 2.0], [1.0, 1.0]]",
+     "steps = [[1.0, 2.0], [1.0, 1.0]]", "reference.steps"),
+    ("overlapping payloads", "payload = 5.0", "payload = -12.0\nuntil = 9.0\n"
+     "[[events]]\nat = 0.8\npayload = -12.0", "events.payload"),
+    ("integer beyond float", "duration = 2.0", "duration = 1" + "0" * 400, "duration"),
+    ("run too long", "duration = 2.0", "duration = 1e9", "duration"),
+    ("too many substeps", "substeps = 4", "substeps = 9223372036854775807", "substeps"),
 ]
 
 
@@ -154,6 +161,18 @@ def test_malformed_file_exits_2_naming_the_key(tmp_path, capsys, what, old, new,
     msg = capsys.readouterr().err.strip()
     assert msg.count("\n") == 0 and "Traceback" not in msg
     assert str(path) in msg and key in msg
+
+
+def test_package_data_globs_match_the_shipped_files():
+    # A wheel only ships what these globs match (an editable install hides a typo).
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["ctrlsim"]
+    matched = {p.resolve() for g in globs for p in (root / "ctrlsim").glob(g)}
+    shipped = {p.resolve() for p in (root / "ctrlsim" / "scenarios").glob("*.toml")}
+    assert shipped and shipped <= matched
+    assert {p.name for p in matched} >= {"udds.csv", "hwfet.csv"}
 
 
 def test_missing_file_and_unknown_name():

@@ -171,6 +171,16 @@ def test_trajectory_metrics_measure_from_the_set_speed_change():
     assert m["steady_state_value"] == tr.speed[-1]
 
 
+def test_times_count_from_a_change_between_samples():
+    on_grid = ctrlsim.simulate(_decel(), ctrlsim.LinearController()).metrics()
+    sc = Scenario(reference=Reference([(4.995, 1.0)]), duration=40.0, initial_speed=2.0)
+    off_grid = ctrlsim.simulate(sc, ctrlsim.LinearController()).metrics()
+    # The set speed changes at sample 500 (t = 5.0) in both runs; the second
+    # one's change is 5 ms earlier, so its times are 5 ms longer.
+    assert off_grid["settling_time"] == pytest.approx(on_grid["settling_time"] + 0.005)
+    assert off_grid["peak_time"] == pytest.approx(on_grid["peak_time"] + 0.005)
+
+
 def test_unsettled_run_reports_nan_settling_time():
     tr = ctrlsim.simulate(_decel(duration=7.0), ctrlsim.ReLUController())
     assert math.isnan(tr.metrics()["settling_time"])
