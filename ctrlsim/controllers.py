@@ -21,6 +21,7 @@ from typing import ClassVar
 import numpy as np
 
 from . import kernels as K
+from .validation import finite_float
 
 __all__ = [
     "Controller", "ReLUController", "LeakyReLUController", "LinearController",
@@ -72,15 +73,7 @@ class Controller:
             value = getattr(self, name, None)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-                raise ValueError(f"{name}: must be a number, got {value!r}")
-            try:
-                value = float(value)
-            except OverflowError:
-                value = math.inf
-            if not math.isfinite(value):
-                raise ValueError(f"{name}: must be finite, got {getattr(self, name)}")
-            object.__setattr__(self, name, value)
+            object.__setattr__(self, name, finite_float(name, value))
         if getattr(self, "kaw", None) is not None and self.kaw < 0:
             raise ValueError(f"kaw: must be >= 0, got {self.kaw}")
 
@@ -308,7 +301,7 @@ def default_controller(preset: str) -> Controller:
 def from_dict(kind: str, values: dict[str, float]) -> Controller:
     """Controller of type ``kind`` from keyword values (used by the loader)."""
     if kind not in _TYPES:
-        raise ValueError(f"unknown controller type {kind!r} "
+        raise ValueError(f"type: unknown type {kind!r} "
                          f"(expected one of {', '.join(_TYPES)})")
     return _TYPES[kind](**values)
 

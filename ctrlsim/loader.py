@@ -7,7 +7,6 @@ key and the reason.
 
 from __future__ import annotations
 
-import math
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -17,6 +16,7 @@ from .controllers import GAIN_NAMES, default_controller, from_dict
 from .cycles import load_cycle
 from .plant import make_plant
 from .scenario import Event, Reference, Road, Scenario, Sensor
+from .validation import finite_float
 
 __all__ = ["load_scenario", "shipped_scenarios", "ScenarioError"]
 
@@ -128,16 +128,7 @@ class _Parser:
             if default is _REQUIRED:
                 raise self.fail(path, "missing")
             return default
-        value = data[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.fail(path, f"must be a number, got {_kind(value)}")
-        try:
-            value = float(value)
-        except OverflowError:  # an integer beyond the float range
-            value = math.inf
-        if not math.isfinite(value):
-            raise self.fail(path, f"must be finite, got {data[key]}")
-        return value
+        return self.build(finite_float, "", name=path, value=data[key])
 
     def integer(self, data: dict, key: str, path: str, default: int) -> int:
         value = data.get(key, default)
@@ -183,12 +174,14 @@ class _Parser:
             sensor=self.sensor(data))
         return self.build(Scenario, "", **kwargs)
 
-    def build(self, cls, prefix: str, **kwargs):
-        """Construct a dataclass, turning its ValueError into a ScenarioError."""
+    def build(self, cls, prefix: str, rename: tuple[str, str] = ("", ""), **kwargs):
+        """Call ``cls(**kwargs)``, turning its ``ValueError("key: reason")`` into a
+        ScenarioError for ``prefix + key`` (``rename`` rewrites part of the key)."""
         try:
             return cls(**kwargs)
         except ValueError as exc:
             key, _, reason = str(exc).partition(": ")
+            key = key.replace(*rename) if rename[0] else key
             raise self.fail(prefix + key, reason or str(exc)) from None
 
     def plant(self, data: dict):
@@ -264,11 +257,7 @@ class _Parser:
             values = {k: self.number(item, k, f"{key}.{k}") for k in item}
             if "at" not in values:
                 raise self.fail(f"{key}.at", "missing")
-            try:
-                out.append(Event(**values))
-            except ValueError as exc:
-                field, _, reason = str(exc).partition(": ")
-                raise self.fail(field.replace("events", key), reason) from None
+            out.append(self.build(Event, "", rename=("events", key), **values))
         return tuple(out)
 
     def sensor(self, data: dict) -> Sensor:

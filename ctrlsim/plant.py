@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from . import kernels as K
+from .validation import finite_float
 
 __all__ = ["Plant", "make_plant", "PRESETS", "ROBOT_FIELDS", "CAR_FIELDS"]
 
@@ -184,20 +185,8 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "gear_ratios":
         if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
             raise ValueError(f"gear_ratios: must be a list of numbers, got {value!r}")
-        return tuple(_number(name, x) for x in value)
-    return _number(name, value)
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-        raise ValueError(f"{name}: must be a number, got {value!r}")
-    try:
-        value = float(value)
-    except OverflowError:  # an integer beyond the float range
-        value = math.inf
-    if not math.isfinite(value):
-        raise ValueError(f"{name}: must be finite, got {value}")
-    return value
+        return tuple(finite_float(name, x) for x in value)
+    return finite_float(name, value)
 
 
 def _validate(plant: Plant) -> None:
