@@ -98,14 +98,18 @@ class Controller:
         return replace(self, **values)
 
     def pack(self) -> np.ndarray:
-        """The kernel's controller vector (see ``kernels.C_*``)."""
+        """The kernel's controller vector, laid out as ``kernels.PID_LAYOUT``."""
         if not self.resolved:
             raise ValueError("controller has unset gains; call resolve() first")
-        cp = np.zeros(K.N_CTRL)
-        cp[K.C_ALPHA] = self.slope
-        cp[K.C_KP], cp[K.C_KI], cp[K.C_KD] = self.kp, self.ki, self.kd
-        cp[K.C_KAW], cp[K.C_FF] = self.kaw, self.feedforward
-        return cp
+        ki = self.ki
+        values = dict(law=K.LAW_PID, integrate=float(ki != 0.0),
+                      aw_gain=self.kaw / ki if ki != 0.0 else 0.0, aw_slope=self.slope,
+                      kp=self.kp, ki=ki, kd=self.kd, feedforward=self.feedforward)
+        return np.array([values[name] for name in K.PID_LAYOUT], dtype=float)
+
+    def kernels(self) -> tuple[Callable, Callable]:
+        """The compiled ``(rollout, rollout_batch)`` this controller runs in."""
+        return K.rollout, K.rollout_batch
 
     @property
     def spec(self) -> str:
@@ -220,9 +224,12 @@ class CustomController:
         return self
 
     def pack(self) -> np.ndarray:
-        cp = np.zeros(K.N_CTRL)
-        cp[K.C_KI] = 1.0  # the loop scales anti-windup by kaw/ki
-        cp[K.C_KAW] = self.kaw
+        """Controller vector: only the integrator header is used by a user law."""
+        cp = np.zeros(K.N_PID)
+        # dz = e + kaw*(a - u): phi_inv is the identity (slope 1) and s = u.
+        cp[K.PID_LAYOUT.index("integrate")] = 1.0
+        cp[K.PID_LAYOUT.index("aw_gain")] = self.kaw
+        cp[K.PID_LAYOUT.index("aw_slope")] = 1.0
         return cp
 
     def kernels(self) -> tuple[Callable, Callable]:

@@ -2,191 +2,329 @@
 
 This module is the ground floor of ctrlsim: it imports nothing from the rest of
 the package, and it is the only place where the equations of motion and the
-control laws are written. Everything else (``simulate``, ``sweep``, the
-benchmarks) packs its inputs into plain float64 arrays and calls these kernels.
+control laws are written (the model is described in ``docs/model.md``).
+Everything else (``simulate``, ``sweep``, the gymnasium env, the benchmarks)
+packs its inputs into plain float64 arrays and calls these kernels.
+
+Building blocks
+---------------
+- :func:`control_step`: one sample of the digital controller (error,
+  derivative, law, clip, integrator with anti-windup).
+- :func:`plant_interval`: the plant over one control period with the command
+  held (classical RK4, equal substeps).
+- :func:`rollout`: a closed-loop run, a loop over the two.
+- :func:`rollout_batch`: many closed-loop runs in lockstep on all cores, as
+  struct-of-arrays with the vehicle loop innermost so that the RK4 stages
+  vectorise; bit-identical to :func:`rollout` row by row.
+- :func:`advance_batch`: the plant part of the lockstep batch alone, for
+  open-loop callers (the vector env) that supply the commands themselves.
+
+All of them evaluate the right-hand side through the same inlined scalar
+helpers (``_accel``, ``_actuator``, ``_tanh``), so the equations exist once and
+every path agrees bit for bit.
 
 Array layouts
 -------------
-plant vector ``pp`` (see the ``P_*`` indices), controller vector ``cp`` (the
-``C_*`` indices), road profile ``grade_x``/``grade_th`` (breakpoints and grade
-in radians, piecewise linear, constant beyond the ends), ``events`` with one row
-``(at, until, force, payload)`` per event, and per-sample arrays ``ref`` and
-``noise`` of length N + 1.
-
-Built-in laws are the piecewise-linear family ``phi(s) = s`` for ``s >= 0`` and
-``alpha * s`` otherwise (ReLU: alpha = 0, linear: alpha = 1). A user law is
-compiled into specialised copies of the same loop by :func:`specialise`.
+Plant vector ``pp``: one float per name in :data:`PLANT_LAYOUT` (``P_*``).
+Controller vector ``cp``: variable length; a header (:data:`CTRL_HEADER`, law
+code first) followed by the law's own parameters (:data:`PID_LAYOUT` for the
+piecewise-linear family). Batches pad rows to a common length, so one batch
+can mix controllers. Scenario inputs travel as one :class:`Profiles`.
 """
 
 import math
 import types
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
 
 __all__ = [
-    "N_PLANT", "N_CTRL", "KIND_ROBOT", "KIND_CAR", "OUT_FIELDS",
-    "actuator_force", "plant_interval", "equilibrium_command",
-    "rollout", "rollout_batch", "specialise",
+    "PLANT_LAYOUT", "N_PLANT", "CTRL_HEADER", "PID_LAYOUT", "N_PID", "LAW_PID",
+    "KIND_ROBOT", "KIND_CAR", "OUT_FIELDS", "Profiles", "control_step",
+    "plant_interval", "equilibrium_command", "rollout", "rollout_batch",
+    "advance_batch", "batch_work", "input_cache", "specialise",
 ]
 
-# Plant vector indices.
-P_KIND, P_MASS, P_G, P_CR, P_DLIN, P_DQUAD, P_TAU = 0, 1, 2, 3, 4, 5, 6
-P_CMD_LO, P_CMD_HI, P_GEAR_RATIO, P_TMAX, P_WMAX, P_BETA, P_BRAKE = (
-    7, 8, 9, 10, 11, 12, 13)
-N_PLANT = 14
+# --------------------------------------------------------------------------
+# Layouts
+# --------------------------------------------------------------------------
+PLANT_LAYOUT = ("kind", "mass", "gravity", "rolling_resistance", "drag_linear",
+                "drag_quadratic", "actuator_tau", "command_min", "command_max",
+                "gear_ratio", "torque_max", "omega_max", "torque_beta",
+                "brake_force_max")
+(P_KIND, P_MASS, P_G, P_CR, P_DLIN, P_DQUAD, P_TAU, P_CMD_LO, P_CMD_HI,
+ P_GEAR_RATIO, P_TMAX, P_WMAX, P_BETA, P_BRAKE) = range(len(PLANT_LAYOUT))
+N_PLANT = len(PLANT_LAYOUT)
 KIND_ROBOT, KIND_CAR = 0.0, 1.0
 
-# Controller vector indices.
-C_ALPHA, C_KP, C_KI, C_KD, C_KAW, C_FF = 0, 1, 2, 3, 4, 5
-N_CTRL = 6
+# Controller header, shared by every law: the law code; whether the integrator
+# runs; the anti-windup gain g and negative-side slope alpha of the activation
+# in ``z += Ts*(e + g*(phi_inv(a) - s))``, phi_inv(a) = a/alpha for a < 0 and
+# alpha > 0, else a (built-ins: g = kaw/ki; laws without an activation: alpha=1).
+CTRL_HEADER = ("law", "integrate", "aw_gain", "aw_slope")
+# Piecewise-linear PID family: header, then its gains (alpha is aw_slope).
+PID_LAYOUT = CTRL_HEADER + ("kp", "ki", "kd", "feedforward")
+(C_LAW, C_INTEGRATE, C_AW_GAIN, C_SLOPE, C_KP, C_KI, C_KD,
+ C_FF) = range(len(PID_LAYOUT))
+N_PID = len(PID_LAYOUT)
+LAW_PID = 0.0
 
 # Columns of a rollout's output array.
 OUT_FIELDS = ("position", "speed", "force", "command", "applied")
 
-# Smoothing speed of the rolling-resistance sign function, m/s (DESIGN 3).
+# Smoothing speed of the rolling-resistance (and brake) sign function, m/s.
 V_ROLL = 0.1
 # Stage times are nudged this fraction of a substep inside the open substep,
 # so an input that switches exactly on a substep boundary is seen as the value
 # that holds during the substep (exact), not the one after it.
 _STAGE_EPS = 1e-9
+_INF = math.inf
+
+
+class Profiles(NamedTuple):
+    """Scenario inputs as the kernels take them.
+
+    ``ref`` and ``noise`` are sampled at the control instants (length N + 1);
+    ``grade_x``/``grade_th`` are the road's breakpoints (m or s) and grades
+    (rad), piecewise linear and constant beyond the ends; ``events`` has one
+    row ``(at, until, force, payload)`` per event.
+    """
+
+    v0: float
+    ref: np.ndarray
+    noise: np.ndarray
+    ts: float
+    substeps: int
+    grade_x: np.ndarray
+    grade_th: np.ndarray
+    grade_by_time: bool
+    events: np.ndarray
+    v_limit: float
 
 
 # --------------------------------------------------------------------------
-# Plant
+# Scalar physics: written once, inlined into every path
 # --------------------------------------------------------------------------
-# The right-hand side and its helpers are inlined into plant_interval: out of
-# line, numba passes every array as a full struct on each of the 4 calls per
-# substep (measured: ~1.3x faster per core; cold compile +1.5 s).
-@njit(cache=True, inline="always")
-def _interp_clamped(x, xp, fp):
-    """Piecewise-linear interpolation, constant beyond the ends; 0 if empty."""
-    n = xp.shape[0]
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_INV_LN2 = 1.0 / math.log(2.0)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _tanh(x):
+    """``tanh(x)`` in branch-free arithmetic, so loops over vehicles vectorise.
+
+    ``expm1(2|x|)`` by Cody-Waite reduction and a degree-13 Taylor polynomial
+    on ``|r| <= ln2/2``, then ``em/(em + 2)``: one division, within a few ulp
+    of libm (tested), exact +-1 beyond |x| = 19.1, NaN in, NaN out. Every path
+    uses this function, so single runs, batches and the env agree bit for bit.
+    """
+    y = 2.0 * abs(x)
+    if y > 38.2:  # scalar code skips the work; vector code turns this into a select
+        return math.copysign(1.0, x)
+    k = math.floor(y * _INV_LN2 + 0.5)
+    r = (y - k * _LN2_HI) - k * _LN2_LO
+    p = r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (
+        1.0 / 120 + r * (1.0 / 720 + r * (1.0 / 5040 + r * (1.0 / 40320 + r * (
+            1.0 / 362880 + r * (1.0 / 3628800 + r * (1.0 / 39916800 + r * (
+                1.0 / 479001600 + r * (1.0 / 6227020800)))))))))))))
+    two_k = float(np.int64(1) << np.int64(k))
+    em = two_k * p + (two_k - 1.0)          # expm1(y)
+    t = em / (em + 2.0)
+    t = 1.0 if y > 38.2 else t
+    t = math.copysign(t, x)
+    return t if x == x else x
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _actuator(a, v, car, gear_ratio, torque_max, omega_max, beta, brake):
+    """Force target (N) the actuator produces for command ``a`` at speed ``v``.
+
+    Robot: ``a`` is the force. Car: throttle through the engine torque curve
+    of Astrom & Murray for a >= 0; for a < 0 brakes that oppose motion and
+    cannot push a stopped car backwards (``tanh(v/0.1)``).
+    """
+    x = gear_ratio * v / omega_max - 1.0
+    torque = max(torque_max * (1.0 - beta * x * x), 0.0)
+    throttle = gear_ratio * torque * a
+    braking = brake * a * _tanh(v / V_ROLL)
+    force = throttle if a >= 0.0 else braking
+    return force if car else a
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _resistance(v, m, cos_th, g, cr, dlin, dquad):
+    """Rolling resistance plus linear and quadratic drag, N."""
+    return cr * m * g * cos_th * _tanh(v / V_ROLL) + dlin * v + dquad * v * abs(v)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _accel(v, force, m, sin_th, cos_th, f_ext, g, cr, dlin, dquad):
+    """dv/dt: Newton's law along the road."""
+    return (force - _resistance(v, m, cos_th, g, cr, dlin, dquad)
+            - m * g * sin_th + f_ext) / m
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _force_rates(f, f_target, lag, inv_tau):
+    """Force acting now and dF/dt: first-order lag, or none (F = target)."""
+    force = f if lag else f_target
+    df = (f_target - f) * inv_tau if lag else 0.0
+    return force, df
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _theta(x, seg_lo, th_lo, slope):
+    """Grade (rad) at ``x`` on the linear road piece starting at ``seg_lo``."""
+    return th_lo if slope == 0.0 else th_lo + slope * (x - seg_lo)
+
+
+# Road and events: looked up rarely (when a stage leaves the current piece),
+# so the hot loop only compares against cached bounds.
+@njit(cache=True, error_model="numpy")
+def road_segment(x, grade_x, grade_th):
+    """The linear piece of the road containing ``x``.
+
+    Returns ``(lo, hi, theta_lo, slope)`` valid on ``lo <= x < hi``; beyond
+    the ends the grade is constant. A NaN ``x`` gives a NaN grade.
+    """
+    n = grade_x.shape[0]
     if n == 0:
-        return 0.0
-    if math.isnan(x):  # a diverging state: propagate, so it gets flagged
-        return x
-    if x <= xp[0]:
-        return fp[0]
-    if x >= xp[n - 1]:
-        return fp[n - 1]
+        return -_INF, _INF, 0.0, 0.0
+    if math.isnan(x):
+        return x, x, x, 0.0
+    if x < grade_x[0]:
+        return -_INF, grade_x[0], grade_th[0], 0.0
+    if x >= grade_x[n - 1]:
+        return grade_x[n - 1], _INF, grade_th[n - 1], 0.0
     i = 1
-    while xp[i] < x:
+    while grade_x[i] <= x:
         i += 1
-    w = (x - xp[i - 1]) / (xp[i] - xp[i - 1])
-    return fp[i - 1] + w * (fp[i] - fp[i - 1])
+    x0, x1 = grade_x[i - 1], grade_x[i]
+    return x0, x1, grade_th[i - 1], (grade_th[i] - grade_th[i - 1]) / (x1 - x0)
 
 
-@njit(cache=True, inline="always")
-def _events_at(t, events):
-    """Total (payload kg, external force N) of the events active at time t."""
-    payload = 0.0
-    force = 0.0
+@njit(cache=True, error_model="numpy")
+def event_window(t, events):
+    """Payload (kg) and external force (N) active at ``t``, and where that holds.
+
+    Returns ``(lo, hi, payload, force)``: the same events are active on
+    ``lo <= t < hi``.
+    """
+    lo, hi, payload, force = -_INF, _INF, 0.0, 0.0
     for j in range(events.shape[0]):
-        if events[j, 0] <= t < events[j, 1]:
+        at, until = events[j, 0], events[j, 1]
+        if at <= t < until:
             force += events[j, 2]
             payload += events[j, 3]
-    return payload, force
+            lo, hi = max(lo, at), min(hi, until)
+        elif t < at:
+            hi = min(hi, at)
+        else:
+            lo = max(lo, until)
+    return lo, hi, payload, force
 
 
-@njit(cache=True, inline="always")
-def _smooth_sign(v):
-    """``tanh(v / V_ROLL)``: the sign of v, smoothed over a few cm/s."""
-    x = v / V_ROLL
-    # Beyond |x| = 19.1 the correctly rounded tanh is exactly +-1: skip the call.
-    if abs(x) > 19.1:
-        return math.copysign(1.0, x)
-    return math.tanh(x)
+# --------------------------------------------------------------------------
+# Plant over one control period (one vehicle)
+# --------------------------------------------------------------------------
+def input_cache() -> np.ndarray:
+    """Fresh cache of the road piece and event window for :func:`plant_interval`."""
+    cache = np.zeros(_N_CACHE)
+    cache[_CACHE_ROAD_HI] = cache[_CACHE_EVENT_HI] = -np.inf  # empty: look up first
+    return cache
 
 
-@njit(cache=True, inline="always")
-def _motor_torque(omega, pp):
-    """Engine torque curve of Astrom & Murray, N m, never negative."""
-    x = omega / pp[P_WMAX] - 1.0
-    return max(pp[P_TMAX] * (1.0 - pp[P_BETA] * x * x), 0.0)
+# Layout of that cache: road piece (lo, hi, theta_lo, slope, sin, cos of
+# theta_lo), then event window (lo, hi, payload, force).
+_N_CACHE, _CACHE_ROAD_HI, _CACHE_EVENT_HI = 10, 1, 7
 
 
-@njit(cache=True, inline="always")
-def actuator_force(a, v, pp):
-    """Force target (N) the actuator produces for command ``a`` at speed ``v``."""
-    if pp[P_KIND] == KIND_CAR:
-        if a >= 0.0:
-            gr = pp[P_GEAR_RATIO]
-            return gr * _motor_torque(gr * v, pp) * a
-        # Brakes oppose motion and cannot push a stopped car backwards: the
-        # same smoothed sign as rolling resistance (exactly 1 above ~2 m/s).
-        return pp[P_BRAKE] * a * _smooth_sign(v)
-    return a
-
-
-@njit(cache=True, inline="always")
-def _resistance(v, theta, m, pp):
-    """Rolling resistance plus linear and quadratic drag, N."""
-    roll = pp[P_CR] * m * pp[P_G] * math.cos(theta) * _smooth_sign(v)
-    return roll + pp[P_DLIN] * v + pp[P_DQUAD] * v * abs(v)
-
-
-@njit(cache=True, inline="always")
-def _derivatives(p, v, f, t, a, pp, grade_x, grade_th, grade_by_time, events):
-    """Right-hand side (dp/dt, dv/dt, dF/dt) of the plant at time t."""
-    theta = _interp_clamped(t if grade_by_time else p, grade_x, grade_th)
-    payload, f_ext = _events_at(t, events)
-    m = pp[P_MASS] + payload
-    f_target = actuator_force(a, v, pp)
-    if pp[P_TAU] > 0.0:
-        df = (f_target - f) / pp[P_TAU]
-    else:
-        df = 0.0
-        f = f_target
-    dv = (f - _resistance(v, theta, m, pp) - m * pp[P_G] * math.sin(theta)
-          + f_ext) / m
-    return v, dv, df
-
-
-@njit(cache=True)
-def plant_interval(p, v, f, a, t0, dt, substeps, pp, grade_x, grade_th,
-                   grade_by_time, events):
+@njit(cache=True, inline="always", error_model="numpy")
+def plant_interval(p, v, f, a, t0, dt, substeps, pp, prof, cache):
     """Integrate the plant over ``[t0, t0 + dt]`` with command ``a`` held.
 
-    Classical RK4 with ``substeps`` equal substeps. Returns the new
-    (position, speed, actuator force).
+    Classical RK4 with ``substeps`` equal substeps; inputs (grade, payload,
+    external force) are evaluated at the stage times and looked up only when
+    a stage leaves the road piece or event window held in ``cache`` (from
+    :func:`input_cache`, kept between calls). Returns the new (position,
+    speed, actuator force).
     """
+    car = pp[P_KIND] == KIND_CAR
+    g, cr, dlin, dquad = pp[P_G], pp[P_CR], pp[P_DLIN], pp[P_DQUAD]
+    mass, lag = pp[P_MASS], pp[P_TAU] > 0.0
+    inv_tau = 1.0 / pp[P_TAU] if lag else 0.0
+    gr, tmax, wmax, beta, brake = (pp[P_GEAR_RATIO], pp[P_TMAX], pp[P_WMAX],
+                                   pp[P_BETA], pp[P_BRAKE])
+    by_time = prof.grade_by_time
+    gx, gth, events = prof.grade_x, prof.grade_th, prof.events
     h = dt / substeps
-    lo = _STAGE_EPS * h
+    hh, h6, eps = 0.5 * h, h / 6.0, _STAGE_EPS * h
+    r_lo, r_hi, th_lo, slope, sn0, cs0 = (cache[0], cache[1], cache[2], cache[3],
+                                          cache[4], cache[5])
+    e_lo, e_hi, payload, f_ext = cache[6], cache[7], cache[8], cache[9]
     for j in range(substeps):
         ta = t0 + j * h
-        k1p, k1v, k1f = _derivatives(p, v, f, ta + lo, a, pp, grade_x,
-                                     grade_th, grade_by_time, events)
-        k2p, k2v, k2f = _derivatives(p + 0.5 * h * k1p, v + 0.5 * h * k1v,
-                                     f + 0.5 * h * k1f, ta + 0.5 * h, a, pp,
-                                     grade_x, grade_th, grade_by_time, events)
-        k3p, k3v, k3f = _derivatives(p + 0.5 * h * k2p, v + 0.5 * h * k2v,
-                                     f + 0.5 * h * k2f, ta + 0.5 * h, a, pp,
-                                     grade_x, grade_th, grade_by_time, events)
-        k4p, k4v, k4f = _derivatives(p + h * k3p, v + h * k3v, f + h * k3f,
-                                     ta + h - lo, a, pp, grade_x, grade_th,
-                                     grade_by_time, events)
-        p += h / 6.0 * (k1p + 2.0 * k2p + 2.0 * k3p + k4p)
-        v += h / 6.0 * (k1v + 2.0 * k2v + 2.0 * k3v + k4v)
-        f += h / 6.0 * (k1f + 2.0 * k2f + 2.0 * k3f + k4f)
+        sp, sv, sf = p, v, f
+        acc_p = acc_v = acc_f = 0.0
+        for c in range(4):
+            if c == 0:
+                ts = ta + eps
+            elif c == 3:
+                ts = ta + h - eps
+            else:
+                ts = ta + hh
+            x = ts if by_time else sp
+            if not (r_lo <= x < r_hi):
+                r_lo, r_hi, th_lo, slope = road_segment(x, gx, gth)
+                sn0, cs0 = math.sin(th_lo), math.cos(th_lo)
+            if slope == 0.0:
+                sn, cs = sn0, cs0
+            else:
+                th = _theta(x, r_lo, th_lo, slope)
+                sn, cs = math.sin(th), math.cos(th)
+            if not (e_lo <= ts < e_hi):
+                e_lo, e_hi, payload, f_ext = event_window(ts, events)
+            m = mass + payload
+            f_target = _actuator(a, sv, car, gr, tmax, wmax, beta, brake)
+            force, dfv = _force_rates(sf, f_target, lag, inv_tau)
+            dvv = _accel(sv, force, m, sn, cs, f_ext, g, cr, dlin, dquad)
+            dpv = sv
+            w = 1.0 if (c == 0 or c == 3) else 2.0
+            if c == 0:
+                acc_p, acc_v, acc_f = dpv, dvv, dfv
+            else:
+                acc_p += w * dpv
+                acc_v += w * dvv
+                acc_f += w * dfv
+            step = h if c == 2 else hh
+            sp, sv, sf = p + step * dpv, v + step * dvv, f + step * dfv
+        p += h6 * acc_p
+        v += h6 * acc_v
+        f += h6 * acc_f
+    cache[0], cache[1], cache[2], cache[3], cache[4], cache[5] = (r_lo, r_hi, th_lo,
+                                                                  slope, sn0, cs0)
+    cache[6], cache[7], cache[8], cache[9] = e_lo, e_hi, payload, f_ext
     return p, v, f
 
 
-@njit(cache=True)
-def equilibrium_command(v0, pp, grade_x, grade_th, events):
+@njit(cache=True, error_model="numpy")
+def equilibrium_command(v0, pp, prof):
     """Command that holds speed ``v0`` at t = 0, p = 0, and whether it is feasible.
 
     It balances resistance, gravity and the external force in effect at the
     start. The returned command is clipped to the actuator's range; the flag
     says whether clipping (or a dead engine) was needed.
     """
-    theta = _interp_clamped(0.0, grade_x, grade_th)
-    payload, f_ext = _events_at(0.0, events)
+    _, _, th, _ = road_segment(0.0, prof.grade_x, prof.grade_th)
+    _, _, payload, f_ext = event_window(0.0, prof.events)
     m = pp[P_MASS] + payload
-    f_req = _resistance(v0, theta, m, pp) + m * pp[P_G] * math.sin(theta) - f_ext
+    f_req = (_resistance(v0, m, math.cos(th), pp[P_G], pp[P_CR], pp[P_DLIN],
+                         pp[P_DQUAD]) + m * pp[P_G] * math.sin(th) - f_ext)
     # The actuator is linear in the command on each side of zero.
     unit = 1.0 if f_req >= 0.0 else -1.0
-    gain = unit * actuator_force(unit, v0, pp)
+    gain = unit * _plant_actuator(unit, v0, pp)
     if gain > 0.0:
         a0 = f_req / gain
     else:
@@ -196,99 +334,305 @@ def equilibrium_command(v0, pp, grade_x, grade_th, events):
     return min(max(a0, lo), hi), feasible
 
 
+@njit(cache=True, error_model="numpy")
+def _plant_actuator(a, v, pp):
+    """:func:`_actuator` with its parameters taken from a plant vector."""
+    return _actuator(a, v, pp[P_KIND] == KIND_CAR, pp[P_GEAR_RATIO], pp[P_TMAX],
+                     pp[P_WMAX], pp[P_BETA], pp[P_BRAKE])
+
+
 # --------------------------------------------------------------------------
-# Controller: built-in piecewise-linear family
+# Controller
 # --------------------------------------------------------------------------
-@njit(cache=True)
-def controller_output(e, z, d, y, r, cp):
-    """Pre-activation ``s`` and controller output ``u = phi(s)``."""
+@njit(cache=True, error_model="numpy")
+def control_law(e, z, d, y, r, cp):
+    """Pre-activation ``s`` and output ``u = phi(s)`` of the law coded in ``cp``.
+
+    Inputs: error, integrator state, error derivative, measured speed and
+    reference. Built-in: the piecewise-linear PID family.
+    """
     s = cp[C_KP] * e + cp[C_KI] * z + cp[C_KD] * d + cp[C_FF] * r
-    u = s if s >= 0.0 else cp[C_ALPHA] * s
+    u = s if s >= 0.0 else cp[C_SLOPE] * s
     return s, u
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def controller_preload(a0, v0, cp):
     """Integrator state and output of a controller that was holding ``a0``.
 
     ``z0 = (phi_inv(a0) - feedforward * v0) / ki`` (0 when ki = 0) and the
-    output ``phi(phi_inv(a0))`` it was producing (DESIGN 4).
+    output ``phi(phi_inv(a0))`` it was producing.
     """
-    alpha = cp[C_ALPHA]
-    s0 = a0 / alpha if (a0 < 0.0 and alpha > 0.0) else a0
+    s0 = _phi_inv(a0, cp[C_SLOPE])
     z0 = (s0 - cp[C_FF] * v0) / cp[C_KI] if cp[C_KI] != 0.0 else 0.0
-    u0 = s0 if s0 >= 0.0 else alpha * s0
+    u0 = s0 if s0 >= 0.0 else cp[C_SLOPE] * s0
     return z0, u0
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _phi_inv(a, alpha):
+    """Pre-activation that produces ``a``: a/alpha on the negative side."""
+    return a / alpha if (a < 0.0 and alpha > 0.0) else a
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def control_step(y, r, e_prev, z, first, ts, lo, hi, cp):
+    """One sample of the digital controller.
+
+    Measurement ``y`` and reference ``r`` in; returns the error ``e``, the
+    output ``u``, the applied (clipped) command ``a`` and the next integrator
+    state ``z + Ts*(e + g*(phi_inv(a) - s))`` (unchanged if the law has no
+    integrator).
+    """
+    e = r - y
+    d = 0.0 if first else (e - e_prev) / ts
+    s, u = control_law(e, z, d, y, r, cp)
+    a = min(max(u, lo), hi)
+    if cp[C_INTEGRATE] != 0.0:
+        z = z + ts * (e + cp[C_AW_GAIN] * (_phi_inv(a, cp[C_SLOPE]) - s))
+    return e, u, a, z
+
+
 # --------------------------------------------------------------------------
-# Closed loop
+# Closed loop, one vehicle
 # --------------------------------------------------------------------------
-@njit(cache=True)
-def _finite_and_bounded(p, v, f, v_limit):
+@njit(cache=True, inline="always", error_model="numpy")
+def _bounded(p, v, f, v_limit):
     return (math.isfinite(p) and math.isfinite(v) and math.isfinite(f)
             and abs(v) <= v_limit)
 
 
-@njit(cache=True)
-def rollout(pp, cp, v0, ref, noise, ts, substeps, grade_x, grade_th,
-            grade_by_time, events, v_limit, out):
-    """Simulate the sampled-data loop for ``len(ref) - 1`` control periods.
+@njit(cache=True, error_model="numpy")
+def initial_state(pp, cp, prof):
+    """Start of a run: ``(z0, F0, feasible)`` of the equilibrium at ``v0``.
+
+    The integrator is preloaded so the controller was producing the holding
+    command, and the actuator starts at the force of the command the
+    controller was actually applying.
+    """
+    a0, feasible = equilibrium_command(prof.v0, pp, prof)
+    z, u0 = controller_preload(a0, prof.v0, cp)
+    f = _plant_actuator(min(max(u0, pp[P_CMD_LO]), pp[P_CMD_HI]), prof.v0, pp)
+    return z, f, feasible
+
+
+@njit(cache=True, error_model="numpy")
+def rollout(pp, cp, prof, out):
+    """Simulate the sampled-data loop for ``len(prof.ref) - 1`` control periods.
 
     Fills ``out`` (shape (N + 1, 5), columns :data:`OUT_FIELDS`) at the
     control instants. Returns ``(diverged_at, feasible_start)``: the index of
     the first sample whose plant state or controller output is non-finite, or
-    whose speed exceeds ``v_limit``
-    (-1 if none; from there on ``out`` holds NaN), and whether the actuator
-    could hold the initial equilibrium.
+    whose speed exceeds ``prof.v_limit`` (-1 if none; from there on ``out``
+    holds NaN), and whether the actuator could hold the initial equilibrium.
     """
-    n = ref.shape[0] - 1
-    lo, hi = pp[P_CMD_LO], pp[P_CMD_HI]
-    ki, kaw = cp[C_KI], cp[C_KAW]
-    has_lag = pp[P_TAU] > 0.0
-    a0, feasible = equilibrium_command(v0, pp, grade_x, grade_th, events)
-    z, u0 = controller_preload(a0, v0, cp)
-    p, v = 0.0, v0
-    f = actuator_force(min(max(u0, lo), hi), v0, pp)
-    e_prev = 0.0
+    n = prof.ref.shape[0] - 1
+    ts, lo, hi = prof.ts, pp[P_CMD_LO], pp[P_CMD_HI]
+    lag = pp[P_TAU] > 0.0
+    z, f, feasible = initial_state(pp, cp, prof)
+    p, v, e = 0.0, prof.v0, 0.0
+    cache = np.zeros(_N_CACHE)
+    cache[_CACHE_ROAD_HI] = cache[_CACHE_EVENT_HI] = -_INF
     for k in range(n + 1):
-        y = v + noise[k]
-        e = ref[k] - y
-        d = (e - e_prev) / ts if k > 0 else 0.0
-        s, u = controller_output(e, z, d, y, ref[k], cp)
+        e, u, a, z = control_step(v + prof.noise[k], prof.ref[k], e, z, k == 0,
+                                  ts, lo, hi, cp)
         if not (math.isfinite(u) and math.isfinite(z)):
             out[k:, :] = np.nan
             return k, feasible
-        a = min(max(u, lo), hi)
-        if ki != 0.0:
-            z += ts * (e + (kaw / ki) * (a - s))
         out[k, 0] = p
         out[k, 1] = v
-        out[k, 2] = f if has_lag else actuator_force(a, v, pp)
+        out[k, 2] = f if lag else _plant_actuator(a, v, pp)
         out[k, 3] = u
         out[k, 4] = a
         if k == n:
             break
-        p, v, f = plant_interval(p, v, f, a, k * ts, ts, substeps, pp,
-                                 grade_x, grade_th, grade_by_time, events)
-        if not _finite_and_bounded(p, v, f, v_limit):
+        p, v, f = plant_interval(p, v, f, a, k * ts, ts, prof.substeps, pp, prof,
+                                 cache)
+        if not _bounded(p, v, f, prof.v_limit):
             out[k + 1:, :] = np.nan
             return k + 1, feasible
-        e_prev = e
     return -1, feasible
 
 
-@njit(cache=True, parallel=True)
-def rollout_batch(pp, cp, v0, ref, noise, ts, substeps, grade_x, grade_th,
-                  grade_by_time, events, v_limit, out, diverged_at, feasible):
-    """:func:`rollout` for each row of ``pp`` and ``cp`` (shape (B, ...)), in parallel.
+# --------------------------------------------------------------------------
+# Many vehicles in lockstep (struct of arrays, vehicle loop innermost)
+# --------------------------------------------------------------------------
+@njit(cache=True, error_model="numpy")
+def _road_pass(x_of, sp, seg, sn, cs, gx, gth, nb):
+    """Per-vehicle grade at stage positions ``sp``: refresh pieces, then sin/cos.
 
-    Fills ``out`` (B, N + 1, 5), ``diverged_at`` (B,) and ``feasible`` (B,).
+    ``seg`` (4, nb) caches each vehicle's road piece (lo, hi, theta_lo,
+    slope); ``sn``/``cs`` receive sin/cos of the grade.
     """
-    for i in prange(pp.shape[0]):
-        diverged_at[i], feasible[i] = rollout(
-            pp[i], cp[i], v0, ref, noise, ts, substeps, grade_x, grade_th,
-            grade_by_time, events, v_limit, out[i])
+    for i in range(nb):
+        x = sp[i] if x_of else sp[0]
+        if not (seg[0, i] <= x < seg[1, i]):
+            seg[0, i], seg[1, i], seg[2, i], seg[3, i] = road_segment(x, gx, gth)
+            sn[i], cs[i] = math.sin(seg[2, i]), math.cos(seg[2, i])
+        if seg[3, i] != 0.0:
+            th = _theta(x, seg[0, i], seg[2, i], seg[3, i])
+            sn[i], cs[i] = math.sin(th), math.cos(th)
+
+
+@njit(cache=True, error_model="numpy")
+def _stage_rows(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau, payload,
+                f_ext, car, mass, g, cr, dlin, dquad, tau, gr, tmax, wmax, beta, brake):
+    """RK4 stage ``c`` for every vehicle: the loop that vectorises.
+
+    Reads the stage state ``sp, sv, sf``, accumulates the weighted slopes in
+    ``ap, av, af`` and overwrites the stage state with the next stage's. Every
+    argument is its own 1-D array, so LLVM can vectorise across vehicles.
+    """
+    w = 1.0 if (c == 0 or c == 3) else 2.0
+    step = h if c == 2 else 0.5 * h
+    first = c == 0
+    for i in range(p.shape[0]):
+        vi = sv[i]
+        f_target = _actuator(a[i], vi, car, gr[i], tmax[i], wmax[i], beta[i], brake[i])
+        force, dfv = _force_rates(sf[i], f_target, tau[i] > 0.0, inv_tau[i])
+        dvv = _accel(vi, force, mass[i] + payload, sn[i], cs[i], f_ext, g[i], cr[i],
+                     dlin[i], dquad[i])
+        ap[i] = vi if first else ap[i] + w * vi
+        av[i] = dvv if first else av[i] + w * dvv
+        af[i] = dfv if first else af[i] + w * dfv
+        sp[i] = p[i] + step * vi
+        sv[i] = v[i] + step * dvv
+        sf[i] = f[i] + step * dfv
+
+
+@njit(cache=True, error_model="numpy")
+def advance_batch(p, v, f, a, t0, dt, substeps, plant, prof, work):
+    """Advance every vehicle by one control period with its command held.
+
+    The lockstep counterpart of :func:`plant_interval`, bit-identical to it
+    row by row. ``plant`` is the transposed plant matrix (N_PLANT, nb),
+    ``work`` a scratch array from :func:`batch_work` (it also caches road
+    pieces between calls). ``p, v, f`` (nb,) are updated in place.
+    """
+    nb = p.shape[0]
+    car = plant[P_KIND, 0] == KIND_CAR
+    sp, sv, sf = work[0, :nb], work[1, :nb], work[2, :nb]
+    ap, av, af = work[3, :nb], work[4, :nb], work[5, :nb]
+    sn, cs, inv_tau = work[6, :nb], work[7, :nb], work[8, :nb]
+    seg = work[9:13]
+    gx, gth = prof.grade_x, prof.grade_th
+    # A road with one grade everywhere needs no per-stage lookups.
+    flat = gx.shape[0] <= 1 or np.all(gth == gth[0])
+    by_time = prof.grade_by_time
+    tau = plant[P_TAU]
+    for i in range(nb):
+        inv_tau[i] = 1.0 / tau[i] if tau[i] > 0.0 else 0.0
+    h = dt / substeps
+    hh, h6, eps = 0.5 * h, h / 6.0, _STAGE_EPS * h
+    e_lo, e_hi, payload, f_ext = -_INF, -_INF, 0.0, 0.0
+    tbuf = np.empty(1)
+    for j in range(substeps):
+        ta = t0 + j * h
+        sp[:] = p
+        sv[:] = v
+        sf[:] = f
+        for c in range(4):
+            if c == 0:
+                ts = ta + eps
+            elif c == 3:
+                ts = ta + h - eps
+            else:
+                ts = ta + hh
+            if not (e_lo <= ts < e_hi):
+                e_lo, e_hi, payload, f_ext = event_window(ts, prof.events)
+            if not flat or j + c == 0:
+                tbuf[0] = ts
+                _road_pass(not by_time, sp if not by_time else tbuf, seg, sn, cs,
+                           gx, gth, nb)
+            _stage_rows(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau,
+                        payload, f_ext, car, plant[P_MASS], plant[P_G], plant[P_CR],
+                        plant[P_DLIN], plant[P_DQUAD], tau, plant[P_GEAR_RATIO],
+                        plant[P_TMAX], plant[P_WMAX], plant[P_BETA], plant[P_BRAKE])
+        for i in range(nb):
+            p[i] += h6 * ap[i]
+            v[i] += h6 * av[i]
+            f[i] += h6 * af[i]
+
+
+def batch_work(nb: int) -> np.ndarray:
+    """Scratch space for :func:`advance_batch` over ``nb`` vehicles."""
+    work = np.zeros((13, nb + 1))
+    work[9] = np.inf   # road-piece cache starts invalid (lo=inf > any x)
+    work[10] = -np.inf
+    return work
+
+
+@njit(cache=True, error_model="numpy")
+def _lockstep(pp, cp, prof, out, diverged_at, feasible):
+    """Closed-loop runs of all rows of ``pp``/``cp`` in lockstep (one thread)."""
+    nb = pp.shape[0]
+    n = prof.ref.shape[0] - 1
+    ts = prof.ts
+    plant = np.ascontiguousarray(pp.T)
+    p = np.zeros(nb)
+    v = np.full(nb, prof.v0)
+    f = np.empty(nb)
+    a = np.empty(nb)
+    z = np.empty(nb)
+    e = np.zeros(nb)
+    work = np.zeros((13, nb + 1))
+    work[9, :] = np.inf
+    work[10, :] = -np.inf
+    for i in range(nb):
+        z[i], f[i], feasible[i] = initial_state(pp[i], cp[i], prof)
+        diverged_at[i] = -1
+    for k in range(n + 1):
+        for i in range(nb):
+            if diverged_at[i] >= 0:
+                out[i, k, :] = np.nan
+                a[i] = 0.0
+                continue
+            e[i], u, a[i], z[i] = control_step(
+                v[i] + prof.noise[k], prof.ref[k], e[i], z[i], k == 0, ts,
+                plant[P_CMD_LO, i], plant[P_CMD_HI, i], cp[i])
+            if not (math.isfinite(u) and math.isfinite(z[i])):
+                diverged_at[i] = k
+                out[i, k, :] = np.nan
+                p[i] = v[i] = f[i] = np.nan
+                a[i] = 0.0
+                continue
+            out[i, k, 0] = p[i]
+            out[i, k, 1] = v[i]
+            out[i, k, 2] = f[i] if plant[P_TAU, i] > 0.0 else _plant_actuator(
+                a[i], v[i], pp[i])
+            out[i, k, 3] = u
+            out[i, k, 4] = a[i]
+        if k == n:
+            break
+        advance_batch(p, v, f, a, k * ts, ts, prof.substeps, plant, prof, work)
+        for i in range(nb):
+            if diverged_at[i] < 0 and not _bounded(p[i], v[i], f[i], prof.v_limit):
+                diverged_at[i] = k + 1
+                p[i] = v[i] = f[i] = np.nan
+
+
+# Rows per lockstep block: small enough that a block's state and scratch stay
+# in L1/L2, and at least 8 blocks when there are rows for them (both cores busy).
+_BLOCK_MAX = 256
+
+
+@njit(cache=True, parallel=True)
+def rollout_batch(pp, cp, prof, out, diverged_at, feasible):
+    """:func:`rollout` for each row of ``pp`` (B, N_PLANT) and ``cp`` (B, L).
+
+    The rows are cut into contiguous blocks run in parallel; each block runs
+    in lockstep (all rows share the time grid and the scenario profiles; each
+    has its own plant, controller and divergence state). Fills ``out``
+    (B, N + 1, 5), ``diverged_at`` (B,) and ``feasible`` (B,), bit-identical
+    to calling :func:`rollout` on each row.
+    """
+    b = pp.shape[0]
+    size = min(max((b + 7) // 8, 1), _BLOCK_MAX)
+    for blk in prange((b + size - 1) // size):
+        lo = blk * size
+        hi = min(lo + size, b)
+        _lockstep(pp[lo:hi], cp[lo:hi], prof, out[lo:hi], diverged_at[lo:hi],
+                  feasible[lo:hi])
 
 
 # --------------------------------------------------------------------------
@@ -299,10 +643,10 @@ def specialise(law):
 
     ``law(e, z, d, y, r) -> u`` must be a numba-jitted function of five
     floats: error, integrator state, error derivative, measured speed and
-    reference. The loop body is the very same Python source as the built-in
-    kernels; only the two controller hooks are rebound, so the physics is not
-    written twice. These specialisations are compiled once per law and are not
-    cached on disk (numba cannot cache closures).
+    reference. The loop bodies are the very same Python source as the
+    built-in kernels; only the controller hooks are rebound, so the physics is
+    not written twice. These specialisations are compiled once per law and are
+    not cached on disk (numba cannot cache closures).
     """
 
     @njit
@@ -314,9 +658,11 @@ def specialise(law):
     def preload(a0, v0, cp):
         return 0.0, law(0.0, 0.0, 0.0, v0, v0)
 
-    single = _rebind(rollout, controller_output=output,
-                     controller_preload=preload)
-    batch = _rebind(rollout_batch, rollout=single)
+    step = _rebind(control_step, control_law=output)
+    init = _rebind(initial_state, controller_preload=preload)
+    single = _rebind(rollout, control_step=step, initial_state=init)
+    lock = _rebind(_lockstep, control_step=step, initial_state=init)
+    batch = _rebind(rollout_batch, _lockstep=lock)
     return single, batch
 
 
@@ -336,4 +682,5 @@ def _rebind(dispatcher, **names):
     name = f"{py.__name__}_user{_n_specialised}"
     code = py.__code__.replace(co_name=name, co_qualname=name)
     func = types.FunctionType(code, scope, name, py.__defaults__, py.__closure__)
-    return njit(parallel=bool(dispatcher.targetoptions.get("parallel")))(func)
+    options = {k: v for k, v in dispatcher.targetoptions.items() if k != "cache"}
+    return njit(**options)(func)

@@ -122,25 +122,18 @@ class Plant:
         return {n: getattr(self, n) for n in names}
 
     def pack(self) -> np.ndarray:
-        """The kernel's plant vector (see ``kernels.P_*``)."""
-        pp = np.zeros(K.N_PLANT)
-        pp[K.P_MASS] = self.mass
-        pp[K.P_G] = self.gravity
-        pp[K.P_CR] = self.rolling_resistance
-        pp[K.P_DLIN] = self.drag_linear
-        pp[K.P_DQUAD] = self.drag_quadratic
-        pp[K.P_TAU] = self.actuator_tau
-        pp[K.P_CMD_LO], pp[K.P_CMD_HI] = self.command_limits
-        if self.preset == "car":
-            pp[K.P_KIND] = K.KIND_CAR
-            pp[K.P_GEAR_RATIO] = self.gear_ratios[self.gear - 1]
-            pp[K.P_TMAX] = self.torque_max
-            pp[K.P_WMAX] = self.omega_max
-            pp[K.P_BETA] = self.torque_beta
-            pp[K.P_BRAKE] = self.brake_force_max
-        else:
-            pp[K.P_KIND] = K.KIND_ROBOT
-        return pp
+        """The kernel's plant vector, laid out as ``kernels.PLANT_LAYOUT``."""
+        car = self.preset == "car"
+        lo, hi = self.command_limits
+        values = {name: float(getattr(self, name)) for name in COMMON_FIELDS}
+        values.update(
+            kind=K.KIND_CAR if car else K.KIND_ROBOT, command_min=lo, command_max=hi,
+            gear_ratio=self.gear_ratios[self.gear - 1] if car else 0.0,
+            torque_max=self.torque_max if car else 0.0,
+            omega_max=self.omega_max if car else 1.0,   # never divide by 0
+            torque_beta=self.torque_beta if car else 0.0,
+            brake_force_max=self.brake_force_max if car else 0.0)
+        return np.array([values[name] for name in K.PLANT_LAYOUT], dtype=float)
 
 
 def make_plant(preset: str = "robot", **overrides: Any) -> Plant:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import numpy as np
 
 from .controllers import Controller, CustomController, default_controller
+from .kernels import Profiles
 from .plant import Plant, make_plant
 
 __all__ = ["Scenario", "Reference", "Road", "Event", "Sensor", "Profiles"]
@@ -155,21 +156,6 @@ class Sensor:
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) \
                 or self.seed < 0:
             raise ValueError(f"sensor.seed: must be a non-negative integer, got {self.seed!r}")
-
-
-class Profiles(NamedTuple):
-    """Scenario inputs as the kernels take them (see :mod:`ctrlsim.kernels`)."""
-
-    v0: float
-    ref: np.ndarray
-    noise: np.ndarray
-    ts: float
-    substeps: int
-    grade_x: np.ndarray
-    grade_th: np.ndarray
-    grade_by_time: bool
-    events: np.ndarray
-    v_limit: float
 
 
 @dataclass(frozen=True)

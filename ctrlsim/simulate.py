@@ -109,12 +109,9 @@ def simulate(scenario: Scenario, controller: Controller | CustomController | Non
     ctl = scenario.resolved_controller(controller)
     check_setup(scenario, [ctl])
     prof = scenario.pack()
-    rollout = ctl.kernels()[0] if isinstance(ctl, CustomController) else K.rollout
+    rollout = ctl.kernels()[0]
     out = np.empty((prof.ref.size, len(K.OUT_FIELDS)))
-    diverged_at, feasible = rollout(
-        scenario.plant.pack(), ctl.pack(), prof.v0, prof.ref, prof.noise, prof.ts,
-        prof.substeps, prof.grade_x, prof.grade_th, prof.grade_by_time,
-        prof.events, prof.v_limit, out)
+    diverged_at, feasible = rollout(scenario.plant.pack(), ctl.pack(), prof, out)
     if not feasible:
         warn_infeasible_start(scenario)
     return make_trajectory(scenario, ctl, prof.ref, out, int(diverged_at))
@@ -140,14 +137,6 @@ def check_setup(scenario: Scenario, controllers) -> None:
             f"actuator_tau ({tau:g} s): inaccurate, and unstable beyond 2.78*tau "
             f"(needs substeps >= {scenario.control_period / tau:.3g})",
             SetupWarning, stacklevel=3)
-    for ctl in controllers:
-        alpha = getattr(ctl, "alpha", None)
-        if alpha is not None and 0 < alpha < 1 and ctl.kaw > 0:
-            warnings.warn(
-                f"{ctl.spec}: back-calculation anti-windup acts on a - s (DESIGN 4), which "
-                f"for Leaky ReLU is nonzero whenever it brakes, so braking leaves a steady "
-                f"speed error; set kaw=0 for a fair comparison", SetupWarning, stacklevel=3)
-            break
 
 
 def warn_infeasible_start(scenario: Scenario) -> None:

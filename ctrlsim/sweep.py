@@ -116,17 +116,15 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
     check_setup(scenario, ctls)
     prof = scenario.pack()
     pp = np.array([p.pack() for p in plants])
-    cp = np.array([c.pack() for c in ctls])
+    cp = pack_controllers(ctls)
     b, n1 = len(rows), prof.ref.size
     out = np.empty((b, n1, len(K.OUT_FIELDS)))
     div = np.empty(b, dtype=np.int64)
     feas = np.empty(b, dtype=np.bool_)
-    batch = base.kernels()[1] if isinstance(base, CustomController) else K.rollout_batch
+    batch = base.kernels()[1]
     for lo in range(0, b, _CHUNK):
         hi = min(lo + _CHUNK, b)
-        batch(pp[lo:hi], cp[lo:hi], prof.v0, prof.ref, prof.noise, prof.ts,
-              prof.substeps, prof.grade_x, prof.grade_th, prof.grade_by_time,
-              prof.events, prof.v_limit, out[lo:hi], div[lo:hi], feas[lo:hi])
+        batch(pp[lo:hi], cp[lo:hi], prof, out[lo:hi], div[lo:hi], feas[lo:hi])
         if progress is not None:
             progress(hi, b)
     if not feas.all():
@@ -139,6 +137,20 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
         values={n: np.array([r[j] for r in rows], dtype=float) for j, n in enumerate(names)},
         metrics={m: np.array([r[m] for r in per_row]) for m in METRIC_KEYS},
         diverged=div >= 0, trajectories=trajs)
+
+
+def pack_controllers(controllers) -> np.ndarray:
+    """Controller vectors of several controllers as one (B, L) array.
+
+    Rows are padded with zeros to the longest layout, so one batch can mix
+    controllers of different laws.
+    """
+    rows = [c.pack() for c in controllers]
+    width = max(r.size for r in rows)
+    out = np.zeros((len(rows), width))
+    for i, r in enumerate(rows):
+        out[i, :r.size] = r
+    return out
 
 
 def _check_params(scenario: Scenario, params: Mapping[str, Sequence[float]]):

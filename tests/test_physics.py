@@ -1,7 +1,7 @@
-"""Kernel vs an independent scipy reference (DESIGN 3 and 4).
+"""Kernel vs an independent scipy reference (docs/model.md: plant and controller).
 
 The reference below re-implements the plant and the digital controller from
-the DESIGN text in plain Python and integrates each control interval with
+the model description in plain Python and integrates each control interval with
 ``solve_ivp`` (DOP853, rtol 1e-11), splitting at event switching times. It
 shares no code with ``ctrlsim.kernels``.
 """
@@ -105,8 +105,9 @@ def reference_simulation(sc, ctl):
         d = (e - e_prev) / ts if k else 0.0
         s = ctl.kp * e + ctl.ki * z + ctl.kd * d + ctl.feedforward * r[k]
         a = min(max(phi(s), lo), hi)
-        if ctl.ki:
-            z += ts * (e + ctl.kaw / ctl.ki * (a - s))
+        if ctl.ki:  # anti-windup in the pre-activation domain
+            a_pre = a / alpha if (a < 0 and alpha > 0) else a
+            z += ts * (e + ctl.kaw / ctl.ki * (a_pre - s))
         e_prev = e
         if k == n:
             break
