@@ -88,6 +88,9 @@ def text(name: str, value: Any, max_len: int) -> str:
     return value
 
 
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def safe_text(value: Any, newlines: bool = False) -> str:
     """``str(value)`` with control and format characters escaped (``\\x1b``, ``\\u202e``).
 
@@ -103,6 +106,8 @@ def safe_text(value: Any, newlines: bool = False) -> str:
     for ch in str(value):
         if (ch == "\n" and newlines) or unicodedata.category(ch)[0] != "C":
             out.append(ch)
+        elif ch in _NAMED:
+            out.append(_NAMED[ch])
         elif ord(ch) < 0x100:
             out.append(f"\\x{ord(ch):02x}")
         elif ord(ch) < 0x10000:
