@@ -1,15 +1,23 @@
 """The ``ctrlsim`` command line: parse, call the public API, format.
 
-Exit codes: 0 success, 2 usage or validation error (one line on stderr),
-1 anything else (internal error; ``--debug`` shows the traceback).
+Exit codes: 0 success; 2 usage or validation error (a
+:class:`~ctrlsim.validation.ParameterError`, one line on stderr naming the
+key); 1 an output file that could not be written, or an internal error
+(``--debug`` shows the traceback); 130 interrupted (Ctrl-C); 141 stdout
+closed early (``| head``), quietly.
+
+Everything printed goes through :func:`_out`/:func:`_err`, which escape
+control characters: scenario names and descriptions come from user files.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
+import os
 import re
 import sys
 import warnings
@@ -21,9 +29,12 @@ import numpy as np
 from . import __version__
 from .controllers import DEFAULT_COMPARISON
 from .controllers import controller as parse_controller
+from .files import OutputError, atomic_write, check_folder, check_output
+from .limits import MAX_SWEEP_RUNS
 from .loader import load_scenario, shipped_scenarios
 from .metrics import METRIC_KEYS
 from .simulate import Trajectory, simulate
+from .validation import ParameterError, safe_text
 
 __all__ = ["main"]
 
@@ -35,36 +46,75 @@ _COLUMNS = (("overshoot", "overshoot [%]", 13), ("settling_time", "settling [s]"
             ("max_abs_error", "max|e| [m/s]", 12), ("energy", "energy [J]", 10))
 
 
-class UsageError(ValueError):
+class UsageError(ParameterError):
     """Bad command-line input (exit code 2)."""
+
+    def __init__(self, message: str, key: str = "usage") -> None:
+        super().__init__(key, message, message=message)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ctrlsim`` console script and ``python -m ctrlsim``."""
-    args = _parser().parse_args(argv)
+    debug = False
     try:
+        args = _parser().parse_args(argv)
+        debug = args.debug
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             code = args.func(args)
         for message in dict.fromkeys(str(w.message) for w in caught):
-            print(f"ctrlsim: warning: {message}", file=sys.stderr)
+            _err(f"ctrlsim: warning: {message}")
+        sys.stdout.flush()  # a closed stdout shows up here, not at exit
         return code
-    except ValueError as exc:  # ScenarioError, bad specs, bad parameters
-        if args.debug:
+    except KeyboardInterrupt:
+        _err("ctrlsim: interrupted")
+        return 130
+    except BrokenPipeError:  # `ctrlsim ... | head`: the reader has gone
+        _silence_stdout()
+        return 141
+    except ParameterError as exc:  # ScenarioError, bad specs, parameters, outputs
+        if debug:
             raise
-        print(f"ctrlsim: error: {exc}", file=sys.stderr)
+        _err(f"ctrlsim: error: {exc}")
         return 2
-    except OSError as exc:
-        if args.debug:
+    except OutputError as exc:
+        if debug:
             raise
-        print(f"ctrlsim: error: {exc}", file=sys.stderr)
+        _err(f"ctrlsim: error: {exc}")
         return 1
     except Exception as exc:  # noqa: BLE001 - last resort: no traceback for users
-        if args.debug:
+        if debug:
             raise
-        print(f"ctrlsim: internal error: {type(exc).__name__}: {exc} "
-              "(run with --debug for the traceback)", file=sys.stderr)
+        _err(f"ctrlsim: internal error: {type(exc).__name__}: {exc} "
+             "(run with --debug for the traceback)")
         return 1
+
+
+def _out(text: str = "", file=None) -> None:
+    """Print text ctrlsim composed (newlines kept, control characters escaped)."""
+    print(safe_text(text, newlines=True), file=file or sys.stdout)
+
+
+def _err(text: str) -> None:
+    """One line on stderr, control characters (newlines too) escaped."""
+    try:
+        print(safe_text(text), file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr closed as well
+        pass
+
+
+def _line(text) -> str:
+    """A user-supplied field (name, description, spec) on one line."""
+    return safe_text(text)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 # --------------------------------------------------------------------------
@@ -73,37 +123,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _cmd_scenarios(args) -> int:
     scenarios = shipped_scenarios()
     width = max(map(len, scenarios))
-    for name, description in scenarios.items():
-        print(f"{name:<{width}}  {description}")
+    _out("\n".join(f"{_line(name):<{width}}  {_line(description)}"
+                    for name, description in scenarios.items()))
     return 0
 
 
 def _cmd_run(args) -> int:
-    _check_outputs(args)
     sc = load_scenario(args.scenario)
     ctl = parse_controller(args.controller) if args.controller else None
+    targets = _check_outputs(args, sc, "run")
     tr = simulate(sc, ctl)
     spec = args.controller or tr.controller.spec
-    _report(sc, [spec], [tr], args, "run")
     if args.csv:
-        _write_trajectory_csv(tr, args.csv)
+        _write_trajectory_csv(tr, targets["--csv"])
+    _report(sc, [spec], [tr], args, targets)
     return 0
 
 
 def _cmd_compare(args) -> int:
-    _check_outputs(args)
     sc = load_scenario(args.scenario)
     specs = args.controller or list(DEFAULT_COMPARISON)
     ctls = [parse_controller(s) for s in specs]
+    targets = _check_outputs(args, sc, "compare")
     trs = [simulate(sc, c) for c in ctls]
-    _report(sc, specs, trs, args, "compare")
+    _report(sc, specs, trs, args, targets)
     return 0
 
 
 def _cmd_sweep(args) -> int:
     from .sweep import sweep
 
-    _check_outputs(args)
     sc = load_scenario(args.scenario)
     params: dict[str, np.ndarray] = {}
     for text in args.param:
@@ -119,56 +168,66 @@ def _cmd_sweep(args) -> int:
     if args.plot is not None and len(params) > 2:
         raise UsageError("--plot draws 1-D or 2-D sweeps; give at most two --param")
     ctl = parse_controller(args.controller) if args.controller else None
-    total = int(np.prod([len(v) for v in params.values()]))
+    targets = _check_outputs(args, sc, "sweep-" + "-".join(params))
+    total = math.prod(len(v) for v in params.values())  # Python ints: never wraps
     with _progress(total) as bar:
         res = sweep(sc, params, controller=ctl, progress=lambda done, n: bar.update(done - bar.n))
     rows = res.rows()
     spec = args.controller or sc.resolved_controller(ctl).spec
+    if args.csv:
+        _write_rows_csv(rows, targets["--csv"])
+    if args.plot is not None:
+        from .plotting import plain_text, sweep_plot
+
+        _save(sweep_plot(res, metrics, title=plain_text(f"{sc.name}: sweep")),
+              targets["--plot"])
     if args.json:
         _print_json({"scenario": sc.name, "controller": spec, "params": list(res.names),
                      "results": [{"controller": spec, "params": {n: r[n] for n in res.names},
                                   "diverged": r["diverged"],
                                   "metrics": {k: r[k] for k in METRIC_KEYS}} for r in rows]})
     else:
-        print(f"{sc.name}: sweep of {', '.join(res.names)} ({total} runs)")
-        print(_table([_fmt_row([f"{r[n]:g}" for n in res.names], r, r["diverged"])
-                      for r in rows], headers=list(res.names)))
-    if args.csv:
-        _write_rows_csv(rows, args.csv)
-    if args.plot is not None:
-        from .plotting import sweep_plot
-
-        what = "sweep-" + "-".join(res.names)
-        _save(sweep_plot(res, metrics, title=f"{sc.name}: sweep"), args.plot, sc.name, what,
-              args.json)
+        _out(f"{_line(sc.name)}: sweep of {', '.join(res.names)} ({total} runs)")
+        _out(_table([_fmt_row([f"{r[n]:g}" for n in res.names], r, r["diverged"])
+                     for r in rows], headers=list(res.names)))
+    _wrote(targets, args.json)
     return 0
 
 
 def _cmd_gallery(args) -> int:
     from .gallery import make_gallery
 
+    check_folder("--out", args.out)
     for path in make_gallery(Path(args.out)):
-        print(f"wrote {path}")
+        _out(f"wrote {path}")
     return 0
 
 
 # --------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------
-def _report(sc, specs: list[str], trs: list[Trajectory], args, what: str) -> None:
+def _report(sc, specs: list[str], trs: list[Trajectory], args, targets: dict) -> None:
+    """Write the plot (before printing: a closed stdout must not lose it), then print."""
     metrics = [tr.metrics() for tr in trs]
+    if args.plot is not None:
+        from .plotting import comparison
+
+        _save(comparison(trs, specs), targets["--plot"])
     if args.json:
         _print_json({"scenario": sc.name, "results": [
             {"controller": s, "diverged": tr.diverged, "metrics": m}
             for s, tr, m in zip(specs, trs, metrics)]})
     else:
-        print(f"{sc.name}: {sc.description}" if sc.description else sc.name)
-        print(_table([_fmt_row([s], m, tr.diverged, tr.diverged_at)
-                      for s, tr, m in zip(specs, trs, metrics)], headers=["controller"]))
-    if args.plot is not None:
-        from .plotting import comparison
+        name = _line(sc.name)
+        _out(f"{name}: {_line(sc.description)}" if sc.description else name)
+        _out(_table([_fmt_row([_line(s)], m, tr.diverged, tr.diverged_at)
+                     for s, tr, m in zip(specs, trs, metrics)], headers=["controller"]))
+    _wrote(targets, args.json)
 
-        _save(comparison(trs, specs), args.plot, sc.name, what, args.json)
+
+def _wrote(targets: dict, quiet: bool) -> None:
+    if "--plot" in targets:
+        _out(f"plot written to {targets['--plot.shown']}", sys.stderr if quiet else sys.stdout)
 
 
 def _fmt_row(lead: list[str], m: dict, diverged: bool, at: float | None = None) -> list[str]:
@@ -196,7 +255,7 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 
 
 def _print_json(obj) -> None:
-    print(json.dumps(_strict(obj), indent=2, allow_nan=False))
+    _out(json.dumps(_strict(obj), indent=2, allow_nan=False))  # ASCII: escapes controls
 
 
 def _strict(obj):
@@ -212,39 +271,49 @@ def _strict(obj):
     return obj
 
 
-def _check_outputs(args) -> None:
-    """Reject unusable output paths before any simulation runs."""
+def _check_outputs(args, sc, what: str) -> dict:
+    """Resolve and check every output path before any simulation runs.
+
+    Returns ``{flag: target path}`` (plus ``"--plot.shown"``, the path as
+    given or defaulted, for the message).
+    """
+    targets: dict = {}
     plot = getattr(args, "plot", None)
-    if plot and Path(plot).suffix.lower() not in _PLOT_SUFFIXES:
-        raise UsageError(f"--plot {plot}: give a file name ending in "
-                         f"{', '.join(sorted(_PLOT_SUFFIXES))}")
-    for flag, path in (("--plot", plot), ("--csv", getattr(args, "csv", None))):
-        if path and Path(path).is_dir():
-            raise UsageError(f"{flag} {path}: is a directory, give a file name")
+    if plot is not None:
+        if plot and Path(plot).suffix.lower() not in _PLOT_SUFFIXES:
+            raise UsageError(f"--plot {plot}: give a file name ending in "
+                             f"{', '.join(sorted(_PLOT_SUFFIXES))}", key="--plot")
+        # Default name from the scenario name: sanitised and short (a long name
+        # must not become "File name too long" after the run).
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", sc.name).strip("._")[:80] or "scenario"
+        shown = plot or str(Path("plots") / f"{safe}-{what[:60]}.png")
+        targets["--plot"], targets["--plot.shown"] = check_output("--plot", shown), shown
+    if getattr(args, "csv", None):
+        targets["--csv"] = check_output("--csv", args.csv)
+    if "--plot" in targets and targets["--plot"] == targets.get("--csv"):
+        raise UsageError(f"--plot and --csv name the same file {args.csv}", key="--csv")
+    return targets
 
 
-def _save(fig, path: str, scenario: str, what: str, quiet: bool) -> None:
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", scenario).strip("._") or "scenario"
-    target = Path(path) if path else Path("plots") / f"{safe}-{what}.png"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=110)
-    print(f"plot written to {target}", file=sys.stderr if quiet else sys.stdout)
+def _save(fig, target: Path) -> None:
+    buf = io.BytesIO()  # render first: the file is only opened to be written
+    fig.savefig(buf, format=target.suffix.lstrip(".").lower(), dpi=110)
+    with atomic_write(target, "--plot") as fh:
+        fh.write(buf.getbuffer())
 
 
-def _write_trajectory_csv(tr: Trajectory, path: str) -> None:
+def _write_trajectory_csv(tr: Trajectory, target: Path) -> None:
     cols = {"t_s": tr.t, "position_m": tr.position, "speed_mps": tr.speed,
             "force_N": tr.force, "command": tr.command, "applied": tr.applied,
             "reference_mps": tr.reference, "error_mps": tr.error}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
+    with atomic_write(target, "--csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(cols)
         writer.writerows(zip(*(c.tolist() for c in cols.values())))
 
 
-def _write_rows_csv(rows: list[dict], path: str) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
+def _write_rows_csv(rows: list[dict], target: Path) -> None:
+    with atomic_write(target, "--csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -272,9 +341,14 @@ def _parse_param(text: str) -> tuple[str, np.ndarray]:
             n = int(num)
             if n < 1:
                 raise ValueError
+            if n > MAX_SWEEP_RUNS:  # before linspace allocates it
+                raise UsageError(f"--param {text!r}: NUM {n} is more than the "
+                                 f"{MAX_SWEEP_RUNS} runs a sweep may have", key="--param")
             values = np.linspace(float(start), float(stop), n)
         else:
             values = np.array([float(v) for v in spec.split(",")])
+    except UsageError:
+        raise
     except ValueError:
         raise UsageError(f"--param {text!r}: expected NAME=START:STOP:NUM (NUM a positive "
                          "integer) or NAME=v1,v2,...") from None

@@ -21,11 +21,11 @@ from typing import ClassVar
 import numpy as np
 
 from . import kernels as K
-from .validation import finite_float
+from .validation import ParameterError, ParameterTypeError, finite_float, text
 
 __all__ = [
     "Controller", "ReLUController", "LeakyReLUController", "LinearController",
-    "CustomController", "controller", "default_controller", "GAIN_NAMES",
+    "CustomController", "controller", "as_controller", "default_controller", "GAIN_NAMES",
     "DEFAULT_ALPHA",
 ]
 
@@ -75,7 +75,7 @@ class Controller:
                 continue
             object.__setattr__(self, name, finite_float(name, value))
         if getattr(self, "kaw", None) is not None and self.kaw < 0:
-            raise ValueError(f"kaw: must be >= 0, got {self.kaw}")
+            raise ParameterError("kaw", f"must be >= 0, got {self.kaw}")
 
     @property
     def slope(self) -> float:
@@ -149,7 +149,7 @@ class LeakyReLUController(Controller):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha: must be in [0, 1], got {self.alpha}")
+            raise ParameterError("alpha", f"must be in [0, 1], got {self.alpha}")
 
     @property
     def slope(self) -> float:
@@ -211,10 +211,13 @@ class CustomController:
 
     def __post_init__(self) -> None:
         if not hasattr(self.law, "py_func"):
-            raise TypeError("CustomController: law must be a numba.njit function "
-                            "law(e, z, d, y, r) -> u")
-        if not (math.isfinite(self.kaw) and self.kaw >= 0):
-            raise ValueError(f"kaw: must be a finite number >= 0, got {self.kaw}")
+            raise ParameterTypeError("law", "CustomController: law must be a numba.njit "
+                                     "function law(e, z, d, y, r) -> u")
+        kaw = finite_float("kaw", self.kaw)
+        if kaw < 0:
+            raise ParameterError("kaw", f"must be a finite number >= 0, got {self.kaw}")
+        object.__setattr__(self, "kaw", kaw)
+        text("name", self.name, 200)
 
     @property
     def spec(self) -> str:
@@ -264,36 +267,55 @@ def controller(spec: str) -> Controller:
     >>> controller("leaky:0.05,kp=80")
     LeakyReLUController(kp=80.0, ki=None, kd=None, kaw=None, feedforward=None, alpha=0.05)
     """
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"controller spec must be a non-empty string, got {spec!r}")
+    if not isinstance(spec, str):
+        raise ParameterTypeError("controller", f"spec must be a non-empty string, got {spec!r}")
+    if not spec.strip() or len(spec) > 1000:
+        raise ParameterError("controller", f"spec must be a non-empty string of at most "
+                             f"1000 characters, got {spec[:40]!r}")
     head, *pairs = [part.strip() for part in spec.split(",")]
     kind, colon, alpha = head.partition(":")
     kind = kind.strip().lower()
     if kind == "mlp":
-        raise ValueError(f"controller {spec!r}: mlp controllers are not available "
-                         "in this version of ctrlsim")
+        raise _spec_error(spec, "mlp controllers are not available in this version of ctrlsim")
     if kind not in _TYPES:
-        raise ValueError(f"controller {spec!r}: unknown type {kind!r} "
-                         f"(expected one of {', '.join(_TYPES)})")
+        raise _spec_error(spec, f"unknown type {kind!r} (expected one of {', '.join(_TYPES)})")
     kwargs: dict[str, float] = {}
     if colon:
         if kind != "leaky":
-            raise ValueError(f"controller {spec!r}: only leaky takes ':ALPHA'")
+            raise _spec_error(spec, "only leaky takes ':ALPHA'")
         kwargs["alpha"] = _spec_number(spec, "alpha", alpha)
     for pair in pairs:
         key, eq, value = pair.partition("=")
         key = _KEY_ALIASES.get(key.strip(), key.strip())
         allowed = GAIN_NAMES + (("alpha",) if kind == "leaky" else ())
         if not eq or key not in allowed:
-            raise ValueError(f"controller {spec!r}: bad setting {pair!r} "
-                             f"(expected key=value with key in {', '.join(allowed)})")
+            raise _spec_error(spec, f"bad setting {pair!r} "
+                              f"(expected key=value with key in {', '.join(allowed)})")
         if key in kwargs:
-            raise ValueError(f"controller {spec!r}: {key} is given twice")
+            raise _spec_error(spec, f"{key} is given twice")
         kwargs[key] = _spec_number(spec, key, value)
     try:
         return _TYPES[kind](**kwargs)
-    except ValueError as exc:
-        raise ValueError(f"controller {spec!r}: {exc}") from None
+    except ParameterError as exc:
+        raise _spec_error(spec, str(exc)) from None
+
+
+def as_controller(obj) -> Controller | CustomController | None:
+    """``obj`` if it is a controller or None; a string is parsed as a spec (:func:`controller`).
+
+    Raises
+    ------
+    TypeError
+        (a :class:`~ctrlsim.validation.ParameterTypeError`) for anything else.
+    ValueError
+        (a :class:`~ctrlsim.validation.ParameterError`) for a bad spec.
+    """
+    if obj is None or isinstance(obj, (Controller, CustomController)):
+        return obj
+    if isinstance(obj, str):
+        return controller(obj)
+    raise ParameterTypeError("controller", "must be a Controller, a CustomController, a spec "
+                             f"string or None, got {type(obj).__name__}")
 
 
 def default_controller(preset: str) -> Controller:
@@ -308,8 +330,8 @@ def default_controller(preset: str) -> Controller:
 def from_dict(kind: str, values: dict[str, float]) -> Controller:
     """Controller of type ``kind`` from keyword values (used by the loader)."""
     if kind not in _TYPES:
-        raise ValueError(f"type: unknown type {kind!r} "
-                         f"(expected one of {', '.join(_TYPES)})")
+        raise ParameterError("type", f"unknown type {kind!r} "
+                             f"(expected one of {', '.join(_TYPES)})")
     return _TYPES[kind](**values)
 
 
@@ -317,8 +339,11 @@ def _spec_number(spec: str, key: str, text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"controller {spec!r}: {key} must be a number, "
-                         f"got {text.strip()!r}") from None
+        raise _spec_error(spec, f"{key} must be a number, got {text.strip()!r}") from None
     if not math.isfinite(value):
-        raise ValueError(f"controller {spec!r}: {key} must be finite")
+        raise _spec_error(spec, f"{key} must be finite")
     return value
+
+
+def _spec_error(spec: str, reason: str) -> ParameterError:
+    return ParameterError("controller", reason, message=f"controller {spec!r}: {reason}")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
 from .controllers import DEFAULT_COMPARISON, controller
+from .files import atomic_write
 from .loader import load_scenario
 from .plotting import comparison, sweep_plot
 from .simulate import simulate
@@ -22,7 +24,10 @@ def make_gallery(out: Path) -> list[Path]:
 
     def save(fig, name: str) -> None:
         path = out / f"{name}.png"
-        fig.savefig(path, dpi=110)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        with atomic_write(path, "--out") as fh:  # never a half-written PNG
+            fh.write(buf.getbuffer())
         written.append(path)
 
     for name in ("decel", "downhill", "step", "uphill", "udds-robot"):

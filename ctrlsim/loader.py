@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import tomllib
 from importlib import resources
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
 from .controllers import GAIN_NAMES, default_controller, from_dict
 from .cycles import load_cycle
+from .limits import MAX_SCENARIO_BYTES
 from .plant import make_plant
 from .scenario import Event, Reference, Road, Scenario, Sensor
-from .validation import finite_float
+from .validation import ParameterError, ParameterTypeError, finite_float, kind, safe_text
 
 __all__ = ["load_scenario", "shipped_scenarios", "ScenarioError"]
 
@@ -24,8 +26,8 @@ _TOP_KEYS = {"name", "description", "duration", "control_period", "substeps",
              "initial_speed", "plant", "controller", "reference", "road", "events", "sensor"}
 
 
-class ScenarioError(ValueError):
-    """A scenario file that cannot be used.
+class ScenarioError(ParameterError):
+    """A scenario file that cannot be used (a :class:`~ctrlsim.validation.ParameterError`).
 
     Attributes
     ----------
@@ -36,8 +38,8 @@ class ScenarioError(ValueError):
     """
 
     def __init__(self, file: str, key: str, reason: str) -> None:
-        self.file, self.key, self.reason = file, key, reason
-        super().__init__(f"{file}: {key}: {reason}")
+        self.file = file
+        super().__init__(key, reason, message=f"{file}: {key}: {reason}")
 
 
 def shipped_scenarios() -> dict[str, str]:
@@ -72,15 +74,32 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
     >>> sc.plant.preset, sc.initial_speed
     ('robot', 2.0)
     """
-    path = _locate(str(name_or_path))
-    label = str(name_or_path) if not isinstance(path, Path) else str(path)
+    if not isinstance(name_or_path, (str, PathLike)):
+        raise ParameterTypeError("name_or_path", "must be a shipped scenario name or a TOML "
+                                 f"path, got {type(name_or_path).__name__}")
+    label = str(name_or_path)
+    if len(label) > 4096:
+        raise ScenarioError(safe_text(label[:60]) + "...", "(file)", "path too long")
     try:
+        path = _locate(label)
+        label = str(path) if isinstance(path, Path) else label
         with path.open("rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read(MAX_SCENARIO_BYTES + 1)
+        if len(raw) > MAX_SCENARIO_BYTES:
+            raise ScenarioError(label, "(file)", f"larger than {MAX_SCENARIO_BYTES // 1000} kB")
+        data = tomllib.loads(raw.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(label, "(file)", f"invalid TOML: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(label, "(file)", f"cannot read: {exc}") from None
+    except RecursionError:
+        raise ScenarioError(label, "(file)", "nested too deeply") from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(label, "(file)", f"cannot read: not UTF-8 ({exc.reason} at "
+                            f"byte {exc.start})") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        if isinstance(exc, ScenarioError):
+            raise
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ScenarioError(label, "(file)", f"cannot read: {reason}") from None
     stem = Path(path.name).stem
     return _Parser(label, path).scenario(data, stem)
 
@@ -149,7 +168,7 @@ class _Parser:
         out = []
         for i, pair in enumerate(value):
             if not (isinstance(pair, list) and len(pair) == 2):
-                raise self.fail(f"{path}[{i}]", f"must be a pair [x, y], got {pair!r}")
+                raise self.fail(f"{path}[{i}]", f"must be a pair [x, y], got {_kind(pair)}")
             out.append((self.number({"x": pair[0]}, "x", f"{path}[{i}][0]"),
                         self.number({"y": pair[1]}, "y", f"{path}[{i}][1]")))
         return tuple(out)
@@ -179,10 +198,9 @@ class _Parser:
         ScenarioError for ``prefix + key`` (``rename`` rewrites part of the key)."""
         try:
             return cls(**kwargs)
-        except ValueError as exc:
-            key, _, reason = str(exc).partition(": ")
-            key = key.replace(*rename) if rename[0] else key
-            raise self.fail(prefix + key, reason or str(exc)) from None
+        except ParameterError as exc:
+            key = exc.key.replace(*rename) if rename[0] else exc.key
+            raise self.fail(prefix + key, exc.reason) from None
 
     def plant(self, data: dict):
         section = data.get("plant", {})
@@ -232,8 +250,8 @@ class _Parser:
             name = str(self.base / name)  # relative to the scenario file
         try:
             return load_cycle(name, scale)
-        except ValueError as exc:
-            raise self.fail("reference.cycle", str(exc)) from None
+        except ParameterError as exc:
+            raise self.fail("reference.cycle", exc.reason) from None
 
     def road(self, data: dict) -> Road:
         section = self.table(data, "road", {"by", "grade_deg"})
@@ -270,5 +288,4 @@ class _Parser:
 _REQUIRED = object()
 
 
-def _kind(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}"
+_kind = kind

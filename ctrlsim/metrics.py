@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .validation import ParameterError, ParameterTypeError, finite_float
+
 if TYPE_CHECKING:
     from .simulate import Trajectory
 
@@ -75,12 +77,20 @@ def step_info(t, y, initial: float | None = None, final: float | None = None,
     >>> round(info["rise_time"], 3)                    # ln(9), like 0 -> 1
     2.197
     """
-    t = np.asarray(t, dtype=float)
-    y = np.asarray(y, dtype=float)
-    if t.ndim != 1 or t.shape != y.shape or t.size < 2:
-        raise ValueError("step_info: t and y must be 1-D arrays of equal length >= 2")
-    y0 = float(y[0]) if initial is None else float(initial)
-    yf = float(y[-1]) if final is None else float(final)
+    t, y = _samples(t, y)
+    threshold = finite_float("settling_threshold", settling_threshold)
+    if not 0 < threshold < 1:
+        raise ParameterError("settling_threshold", f"must be in (0, 1), got {threshold}")
+    if isinstance(rise_limits, (str, bytes)) or not hasattr(rise_limits, "__len__") \
+            or len(rise_limits) != 2:
+        raise ParameterTypeError("rise_limits", f"must be a pair (low, high), "
+                                 f"got {rise_limits!r}")
+    lo, hi = (finite_float("rise_limits", x) for x in rise_limits)
+    if not 0 <= lo < hi <= 1:
+        raise ParameterError("rise_limits", f"must satisfy 0 <= low < high <= 1, "
+                             f"got ({lo}, {hi})")
+    y0 = float(y[0]) if initial is None else finite_float("initial", initial)
+    yf = float(y[-1]) if final is None else finite_float("final", final)
     out = dict.fromkeys(STEP_KEYS, math.nan)
     out["steady_state_value"] = yf
     out["steady_state_error"] = yf - float(y[-1])
@@ -89,10 +99,9 @@ def step_info(t, y, initial: float | None = None, final: float | None = None,
         return out
     yn = (y - y0) / delta
     tt = t - t[0]
-    lo, hi = rise_limits
     t_lo, t_hi = _first_crossing(tt, yn, lo), _first_crossing(tt, yn, hi)
     out["rise_time"] = t_hi - t_lo
-    out["settling_time"] = _settling_time(tt, yn, settling_threshold)
+    out["settling_time"] = _settling_time(tt, yn, threshold)
     i_hi = int(np.argmax(yn >= hi)) if np.any(yn >= hi) else None
     if i_hi is not None:
         tail = y[i_hi:]
@@ -129,7 +138,9 @@ def tracking_metrics(t, error, applied, force, speed) -> dict[str, float]:
         over the held intervals (command units times s); ``energy``: integral
         of the positive traction power ``max(F v, 0)``, J.
     """
-    t, e, a, f, v = (np.asarray(x, dtype=float) for x in (t, error, applied, force, speed))
+    t, e = _samples(t, error, "error")
+    a, f, v = (_samples(t, x, name)[1] for x, name in ((applied, "applied"), (force, "force"),
+                                                          (speed, "speed")))
     span = t[-1] - t[0]
     abs_e = np.abs(e)
     ise = _trapezoid(e * e, t)
@@ -174,6 +185,27 @@ def trajectory_metrics(tr: Trajectory) -> dict[str, float]:
     out["steady_state_error"] = float(tr.reference[-1] - tr.speed[-1])
     out.update(tracking_metrics(tr.t, tr.error, tr.applied, tr.force, tr.speed))
     return out
+
+
+def _samples(t, y, y_name: str = "y") -> tuple[np.ndarray, np.ndarray]:
+    """``t`` (finite, strictly increasing, >= 2 samples) and ``y`` of the same shape."""
+    try:
+        t = np.asarray(t, dtype=float)
+    except (TypeError, ValueError):
+        raise ParameterTypeError("t", "must be an array of numbers") from None
+    try:
+        y = np.asarray(y, dtype=float)
+    except (TypeError, ValueError):
+        raise ParameterTypeError(y_name, "must be an array of numbers") from None
+    if t.ndim != 1 or t.size < 2:
+        raise ParameterError("t", f"must be a 1-D array of >= 2 samples, got shape {t.shape}")
+    if y.shape != t.shape:
+        raise ParameterError(y_name, f"must have the shape of t {t.shape}, got {y.shape}")
+    if not np.all(np.isfinite(t)):
+        raise ParameterError("t", "must be finite")
+    if np.any(np.diff(t) <= 0):
+        raise ParameterError("t", "must be strictly increasing")
+    return t, y
 
 
 def _trapezoid(y: np.ndarray, t: np.ndarray) -> float:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from . import kernels as K
-from .validation import finite_float
+from .validation import ParameterError, ParameterTypeError, finite_float
 
 __all__ = ["Plant", "make_plant", "PRESETS", "ROBOT_FIELDS", "CAR_FIELDS"]
 
@@ -103,6 +103,15 @@ class Plant:
     brake_force_max: float | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.preset, str) and self.preset in PRESETS:
+            # Direct construction gets the same coercion as make_plant.
+            allowed = ROBOT_FIELDS if self.preset == "robot" else CAR_FIELDS
+            for f in fields(self):
+                value = getattr(self, f.name)
+                if f.name in allowed:
+                    object.__setattr__(self, f.name, _coerce(f.name, value))
+                elif f.name != "preset" and value is not None:
+                    raise ParameterError(f.name, f"not a field of the {self.preset!r} preset")
         _validate(self)
 
     @property
@@ -156,14 +165,14 @@ def make_plant(preset: str = "robot", **overrides: Any) -> Plant:
     >>> make_plant("robot", mass=30).mass
     30.0
     """
-    if preset not in PRESETS:
-        raise ValueError(f"preset: unknown preset {preset!r} "
-                         f"(expected one of {', '.join(PRESETS)})")
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise ParameterError("preset", f"unknown preset {preset!r} "
+                             f"(expected one of {', '.join(PRESETS)})")
     allowed = ROBOT_FIELDS if preset == "robot" else CAR_FIELDS
     for name in overrides:
         if name not in allowed:
-            raise ValueError(f"{name}: not a field of the {preset!r} preset "
-                             f"(fields: {', '.join(allowed)})")
+            raise ParameterError(name, f"not a field of the {preset!r} preset "
+                                 f"(fields: {', '.join(allowed)})")
     values = {**PRESETS[preset], **overrides}
     for name, value in values.items():
         values[name] = _coerce(name, value)
@@ -173,26 +182,31 @@ def make_plant(preset: str = "robot", **overrides: Any) -> Plant:
 def _coerce(name: str, value: Any) -> Any:
     if name == "gear":
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"gear: must be an integer, got {value!r}")
+            raise ParameterTypeError("gear", f"must be an integer, got {value!r}")
         return int(value)
     if name == "gear_ratios":
         if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-            raise ValueError(f"gear_ratios: must be a list of numbers, got {value!r}")
-        return tuple(finite_float(name, x) for x in value)
+            raise ParameterTypeError("gear_ratios", f"must be a list of numbers, got {value!r}")
+        ratios = []
+        for x in value:
+            if len(ratios) >= 100:
+                raise ParameterError("gear_ratios", "at most 100 gears")
+            ratios.append(finite_float(name, x))
+        return tuple(ratios)
     return finite_float(name, value)
 
 
 def _validate(plant: Plant) -> None:
     def need(cond: bool, name: str, what: str) -> None:
         if not cond:
-            raise ValueError(f"{name}: {what}, got {getattr(plant, name)!r}")
+            raise ParameterError(name, f"{what}, got {getattr(plant, name)!r}")
 
-    if plant.preset not in PRESETS:
-        raise ValueError(f"preset: unknown preset {plant.preset!r}")
+    if not isinstance(plant.preset, str) or plant.preset not in PRESETS:
+        raise ParameterError("preset", f"unknown preset {plant.preset!r}")
     for f in fields(plant):
         value = getattr(plant, f.name)
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{f.name}: must be finite, got {value}")
+            raise ParameterError(f.name, f"must be finite, got {value}")
     need(plant.mass > 0, "mass", "must be positive")
     for name in ("gravity", "rolling_resistance", "drag_linear",
                  "drag_quadratic", "actuator_tau"):

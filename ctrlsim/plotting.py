@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from .metrics import trajectory_metrics
 from .simulate import Trajectory
 from .sweep import SweepResult
+from .validation import safe_text
 
 __all__ = ["step_response", "tracking", "sweep_plot", "comparison", "METRIC_LABELS"]
 
@@ -207,12 +208,19 @@ def _step_label(label: str, m: dict, tr: Trajectory) -> str:
 def _labels(trajectories, labels):
     if not trajectories:
         raise ValueError("no trajectories to plot")
-    return list(labels) if labels is not None else [tr.controller.spec for tr in trajectories]
+    return list(labels) if labels is not None else [plain_text(tr.controller.spec)
+                                                    for tr in trajectories]
 
 
 def _title(sc) -> str:
     text = f"{sc.name}: {sc.description}" if sc.description else sc.name
-    return textwrap.fill(text, 95)
+    return textwrap.fill(plain_text(text), 95)
+
+
+def plain_text(text: str) -> str:
+    """Text from a user file, shown literally: ``$`` would start matplotlib mathtext
+    (and a malformed formula fails only when the figure is saved)."""
+    return safe_text(text).replace("$", r"\$")
 
 
 def _param_label(name: str) -> str:

@@ -9,23 +9,42 @@ arrays the kernels take.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from os import PathLike
+from typing import Any, Literal
 
 import numpy as np
 
 from .controllers import Controller, CustomController, default_controller
 from .kernels import Profiles
+from .limits import (
+    MAX_DESCRIPTION,
+    MAX_EVENTS,
+    MAX_NAME,
+    MAX_POINTS,
+    MAX_RUN_WORK,
+    MAX_SAMPLES,
+    MAX_SUBSTEPS,
+    run_work,
+)
 from .plant import Plant, make_plant
+from .validation import (
+    ParameterError,
+    ParameterTypeError,
+    finite_float,
+    integer,
+    positive_float,
+    text,
+)
 
-__all__ = ["Scenario", "Reference", "Road", "Event", "Sensor", "Profiles"]
+__all__ = ["Scenario", "Reference", "Road", "Event", "Sensor", "Profiles", "as_scenario",
+           "mass_timeline", "MAX_SAMPLES", "MAX_SUBSTEPS"]
 
 # A speed this large (m/s) means the integration has blown up.
 SPEED_LIMIT = 1000.0
-# Largest run accepted: 20 M samples (800 MB of output) and 10 000 substeps.
-MAX_SAMPLES = 20_000_000
-MAX_SUBSTEPS = 10_000
 
 
 @dataclass(frozen=True)
@@ -48,19 +67,21 @@ class Reference:
     name: str | None = None
 
     def __post_init__(self) -> None:
-        pts = tuple((float(t), float(v)) for t, v in self.points)
-        object.__setattr__(self, "points", pts)
         if self.kind not in ("steps", "cycle"):
-            raise ValueError(f"reference: unknown kind {self.kind!r}")
+            raise ParameterError("reference.kind", f"must be 'steps' or 'cycle', "
+                                 f"got {self.kind!r}")
+        key = f"reference.{self.kind}"
+        pts = _pairs(key, self.points)
+        object.__setattr__(self, "points", pts)
+        if self.name is not None:
+            text("reference.name", self.name, MAX_NAME)
         if not pts:
-            raise ValueError(f"reference.{self.kind}: must not be empty")
+            raise ParameterError(key, "must not be empty")
         times = [t for t, _ in pts]
-        if not all(math.isfinite(x) for p in pts for x in p):
-            raise ValueError(f"reference.{self.kind}: values must be finite")
         if any(t < 0 for t in times):
-            raise ValueError(f"reference.{self.kind}: times must be >= 0")
+            raise ParameterError(key, "times must be >= 0")
         if any(b <= a for a, b in zip(times, times[1:])):
-            raise ValueError(f"reference.{self.kind}: times must be strictly increasing")
+            raise ParameterError(key, "times must be strictly increasing")
 
     def sample(self, t: np.ndarray, initial_speed: float) -> np.ndarray:
         """Reference speed at times ``t`` (s)."""
@@ -90,17 +111,15 @@ class Road:
     by: Literal["position", "time"] = "position"
 
     def __post_init__(self) -> None:
-        pts = tuple((float(x), float(g)) for x, g in self.grade_deg)
+        pts = _pairs("road.grade_deg", self.grade_deg)
         object.__setattr__(self, "grade_deg", pts)
         if self.by not in ("position", "time"):
-            raise ValueError(f"road.by: must be 'position' or 'time', got {self.by!r}")
-        if not all(math.isfinite(x) for p in pts for x in p):
-            raise ValueError("road.grade_deg: values must be finite")
+            raise ParameterError("road.by", f"must be 'position' or 'time', got {self.by!r}")
         if any(abs(g) >= 90 for _, g in pts):
-            raise ValueError("road.grade_deg: grades must be between -90 and 90 degrees")
+            raise ParameterError("road.grade_deg", "grades must be between -90 and 90 degrees")
         xs = [x for x, _ in pts]
         if any(b < a for a, b in zip(xs, xs[1:])):
-            raise ValueError("road.grade_deg: breakpoints must be increasing")
+            raise ParameterError("road.grade_deg", "breakpoints must be increasing")
 
 
 @dataclass(frozen=True)
@@ -127,12 +146,15 @@ class Event:
 
     def __post_init__(self) -> None:
         for name in ("at", "payload", "force"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"events.{name}: must be finite")
+            object.__setattr__(self, name, finite_float(f"events.{name}", getattr(self, name)))
+        until = self.until
+        if not (isinstance(until, (float, np.floating)) and until == math.inf):
+            until = finite_float("events.until", until)
+        object.__setattr__(self, "until", float(until))
         if self.at < 0:
-            raise ValueError(f"events.at: must be >= 0, got {self.at}")
-        if math.isnan(self.until) or self.until < self.at:
-            raise ValueError(f"events.until: must be >= at ({self.at}), got {self.until}")
+            raise ParameterError("events.at", f"must be >= 0, got {self.at}")
+        if self.until < self.at:
+            raise ParameterError("events.until", f"must be >= at ({self.at}), got {self.until}")
 
 
 @dataclass(frozen=True)
@@ -151,11 +173,11 @@ class Sensor:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.speed_noise_std) and self.speed_noise_std >= 0):
-            raise ValueError(f"sensor.speed_noise_std: must be >= 0, got {self.speed_noise_std}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) \
-                or self.seed < 0:
-            raise ValueError(f"sensor.seed: must be a non-negative integer, got {self.seed!r}")
+        std = finite_float("sensor.speed_noise_std", self.speed_noise_std)
+        if std < 0:
+            raise ParameterError("sensor.speed_noise_std", f"must be >= 0, got {std}")
+        object.__setattr__(self, "speed_noise_std", std)
+        object.__setattr__(self, "seed", integer("sensor.seed", self.seed, lo=0))
 
 
 @dataclass(frozen=True)
@@ -202,31 +224,57 @@ class Scenario:
     description: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "events", tuple(self.events))
-        for key in ("duration", "control_period"):
-            value = getattr(self, key)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{key}: must be a positive number, got {value}")
-        if isinstance(self.substeps, bool) or not isinstance(self.substeps, (int, np.integer)) \
-                or not 1 <= self.substeps <= MAX_SUBSTEPS:
-            raise ValueError(f"substeps: must be an integer from 1 to {MAX_SUBSTEPS}, "
-                             f"got {self.substeps!r}")
-        if not math.isfinite(self.initial_speed):
-            raise ValueError(f"initial_speed: must be finite, got {self.initial_speed}")
+        setv = functools.partial(object.__setattr__, self)
+        _need_type("reference", self.reference, Reference)
+        setv("duration", positive_float("duration", self.duration))
+        setv("control_period", positive_float("control_period", self.control_period))
+        setv("substeps", integer("substeps", self.substeps, 1, MAX_SUBSTEPS))
+        setv("initial_speed", finite_float("initial_speed", self.initial_speed))
+        _need_type("plant", self.plant, Plant, "build one with make_plant(preset, ...)")
+        if self.controller is not None:
+            _need_type("controller", self.controller, (Controller, CustomController),
+                       "use ctrlsim.controller(spec)")
+        _need_type("road", self.road, Road)
+        _need_type("sensor", self.sensor, Sensor)
+        setv("events", _events(self.events))
+        text("name", self.name, MAX_NAME)
+        text("description", self.description, MAX_DESCRIPTION)
         n = self.duration / self.control_period
         if n + 1 > MAX_SAMPLES:
-            raise ValueError(f"duration: {self.duration} s at control_period "
-                             f"{self.control_period} s is {n:.3g} samples "
-                             f"(at most {MAX_SAMPLES:.0e})")
+            raise ParameterError("duration", f"{self.duration} s at control_period "
+                                 f"{self.control_period} s is {n:.3g} samples "
+                                 f"(at most {MAX_SAMPLES:.0e})")
         n = round(n)
         if n < 1 or abs(n * self.control_period - self.duration) > 1e-9 * self.duration:
-            raise ValueError(f"duration: must be a whole number of control periods "
-                             f"({self.control_period} s), got {self.duration}")
-        for start in [0.0] + [e.at for e in self.events]:
-            payload = sum(e.payload for e in self.events if e.at <= start < e.until)
-            if self.plant.mass + payload <= 0:
-                raise ValueError(f"events.payload: the events active at t = {start} s "
-                                 f"remove {-payload} kg from a {self.plant.mass} kg vehicle")
+            raise ParameterError("duration", f"must be a whole number of control periods "
+                                 f"({self.control_period} s), got {self.duration}")
+        work = self.work
+        if work > MAX_RUN_WORK:
+            raise ParameterError(
+                "duration", f"{self.duration:g} s / control_period {self.control_period:g} s "
+                f"x substeps {self.substeps} (with {len(self.events)} events and "
+                f"{len(self.road.grade_deg)} grade points) is {work:.3g} RK4 substeps "
+                f"(at most {MAX_RUN_WORK:.0e} per run, about a second)")
+        self.check_mass(self.plant.mass)
+
+    @property
+    def work(self) -> int:
+        """Cost of one run in RK4 substeps (see :mod:`ctrlsim.limits`)."""
+        return run_work(self.n_steps + 1, self.substeps, len(self.events),
+                        len(self.road.grade_deg))
+
+    def check_mass(self, mass: float, key: str = "events.payload") -> None:
+        """Reject a vehicle ``mass`` that the payload events leave <= 0 at some time.
+
+        The whole piecewise-constant timeline up to ``duration`` is checked
+        (:func:`mass_timeline`), not only the instants where events start.
+        """
+        for t, payload, cause in mass_timeline(self.events, self.duration):
+            if mass + payload <= 1e-9 * mass:
+                raise ParameterError(
+                    key, f"from t = {t:g} s ({cause}) the payload is {payload:g} kg, "
+                    f"leaving {mass + payload:.6g} kg of the {mass:g} kg vehicle "
+                    "(the mass must stay positive)")
 
     @property
     def n_steps(self) -> int:
@@ -283,3 +331,91 @@ class Scenario:
             grade_th=np.ascontiguousarray(np.radians(grade[:, 1])),
             grade_by_time=self.road.by == "time", events=events,
             v_limit=SPEED_LIMIT)
+
+
+@functools.lru_cache(maxsize=64)
+def mass_timeline(events: tuple[Event, ...], until: float = math.inf,
+                  ) -> tuple[tuple[float, float, str], ...]:
+    """The payload as a piecewise-constant function of time.
+
+    Returns ``(start, payload, cause)`` for each piece that starts before
+    ``until``: the payload (kg) of the events active (``at <= t < until``) from
+    ``start`` to the next piece; ``cause`` names the event that starts or ends
+    there.
+    """
+    starts: dict[float, str] = {0.0: "the start"}
+    for i, e in enumerate(events):
+        starts.setdefault(e.at, f"events[{i}] starts")
+        if math.isfinite(e.until):
+            starts.setdefault(e.until, f"events[{i}] ends")
+    times = np.array(sorted(t for t in starts if t < until) or [0.0])
+    if not events:
+        return tuple((float(t), 0.0, starts[float(t)]) for t in times)
+    at = np.array([e.at for e in events])
+    end = np.array([e.until for e in events])
+    payload = np.array([e.payload for e in events])
+    active = (at[None, :] <= times[:, None]) & (times[:, None] < end[None, :])
+    totals = np.where(active, payload[None, :], 0.0).sum(axis=1)
+    return tuple((float(t), float(p), starts[float(t)]) for t, p in zip(times, totals))
+
+
+def as_scenario(obj: Any) -> Scenario:
+    """``obj`` if it is a :class:`Scenario`; a shipped name or TOML path is loaded.
+
+    Raises
+    ------
+    TypeError
+        (a :class:`~ctrlsim.validation.ParameterTypeError`) for anything else.
+    """
+    if isinstance(obj, Scenario):
+        return obj
+    if isinstance(obj, (str, PathLike)):
+        from .loader import load_scenario
+
+        return load_scenario(obj)
+    raise ParameterTypeError("scenario", "must be a Scenario, a shipped scenario name or a "
+                             f"TOML path, got {type(obj).__name__}")
+
+
+def _need_type(key: str, value: Any, types, hint: str = "") -> None:
+    if not isinstance(value, types):
+        names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else
+                                                  (types,)))
+        raise ParameterTypeError(key, f"must be a {names}, got {type(value).__name__}"
+                                 + (f" ({hint})" if hint else ""))
+
+
+def _pairs(key: str, points: Any) -> tuple[tuple[float, float], ...]:
+    """``points`` as a tuple of finite ``(x, y)`` float pairs."""
+    if isinstance(points, (str, bytes)) or not isinstance(points, Iterable):
+        raise ParameterTypeError(key, f"must be a sequence of (x, y) pairs, "
+                                 f"got {type(points).__name__}")
+    out = []
+    for i, pair in enumerate(points):
+        if i >= MAX_POINTS:
+            raise ParameterError(key, f"at most {MAX_POINTS} points")
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Iterable):
+            raise ParameterTypeError(f"{key}[{i}]", f"must be a pair (x, y), got {pair!r}")
+        pair = tuple(pair)
+        if len(pair) != 2:
+            raise ParameterError(f"{key}[{i}]", f"must be a pair (x, y), got {pair!r}")
+        try:
+            out.append((finite_float(key, pair[0]), finite_float(key, pair[1])))
+        except ParameterError as exc:
+            raise type(exc)(key, f"values must be finite numbers ([{i}]: {exc.reason})") \
+                from None
+    return tuple(out)
+
+
+def _events(events: Any) -> tuple[Event, ...]:
+    if isinstance(events, (str, bytes, Event)) or not isinstance(events, Iterable):
+        raise ParameterTypeError("events", f"must be a sequence of Event, "
+                                 f"got {type(events).__name__}")
+    events = tuple(events)
+    if len(events) > MAX_EVENTS:
+        raise ParameterError("events", f"at most {MAX_EVENTS} events, got {len(events)}")
+    for i, e in enumerate(events):
+        if not isinstance(e, Event):
+            raise ParameterTypeError(f"events[{i}]", f"must be an Event, "
+                                     f"got {type(e).__name__}")
+    return events

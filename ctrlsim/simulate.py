@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import kernels as K
-from .controllers import Controller, CustomController
-from .scenario import Scenario
+from .controllers import Controller, CustomController, as_controller
+from .scenario import Scenario, as_scenario
 
 __all__ = ["simulate", "Trajectory", "StartWarning", "SetupWarning"]
 
@@ -82,14 +82,21 @@ def simulate(scenario: Scenario, controller: Controller | CustomController | Non
 
     Parameters
     ----------
-    scenario : Scenario
-    controller : Controller or CustomController, optional
-        None: the scenario's own controller (or the preset's default). Gains
-        the controller leaves unset are taken from the scenario's controller.
+    scenario : Scenario, or str
+        A string is a shipped scenario name or TOML path (:func:`ctrlsim.load_scenario`).
+    controller : Controller, CustomController or str, optional
+        None: the scenario's own controller (or the preset's default). A
+        string is a spec (:func:`ctrlsim.controller`). Gains the controller
+        leaves unset are taken from the scenario's controller.
 
     Returns
     -------
     Trajectory
+
+    Raises
+    ------
+    TypeError, ValueError
+        (:class:`~ctrlsim.validation.ParameterError`) naming the bad argument.
 
     Warns
     -----
@@ -106,6 +113,7 @@ def simulate(scenario: Scenario, controller: Controller | CustomController | Non
     >>> round(float(tr.speed[-1]), 2), round(tr.metrics()["settling_time"], 1)
     (2.0, 18.5)
     """
+    scenario, controller = as_scenario(scenario), as_controller(controller)
     ctl = scenario.resolved_controller(controller)
     check_setup(scenario, [ctl])
     prof = scenario.pack()

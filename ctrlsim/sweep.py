@@ -9,10 +9,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from . import kernels as K
-from .controllers import GAIN_NAMES, Controller, CustomController, LeakyReLUController
+from .controllers import (
+    GAIN_NAMES,
+    Controller,
+    CustomController,
+    LeakyReLUController,
+    as_controller,
+)
 from .metrics import METRIC_KEYS
 from .plant import CAR_FIELDS, ROBOT_FIELDS
-from .scenario import MAX_SAMPLES, Scenario
+from .scenario import Scenario, as_scenario
 from .simulate import Trajectory, check_setup, make_trajectory, warn_infeasible_start
 
 __all__ = ["sweep", "SweepResult", "sweepable"]
@@ -78,14 +84,15 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
 
     Parameters
     ----------
-    scenario : Scenario
+    scenario : Scenario, or str
+        A string is a shipped scenario name or TOML path.
     params : mapping of name to values
         Controller gains (``kp, ki, kd, kaw, feedforward, alpha``) or plant
         fields (``mass``, ``actuator_tau``, ...). Sweeping ``alpha`` turns the
         controller into a Leaky ReLU with that slope, so alpha = 0 is ReLU and
         alpha = 1 is linear.
-    controller : Controller, optional
-        Base controller (default: the scenario's), resolved as in
+    controller : Controller or str, optional
+        Base controller (default: the scenario's) or spec, resolved as in
         :func:`ctrlsim.simulate`.
     progress : callable(done, total), optional
         Called after each chunk of rows.
@@ -93,6 +100,14 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
     Returns
     -------
     SweepResult
+
+    Raises
+    ------
+    TypeError, ValueError
+        (:class:`~ctrlsim.validation.ParameterError`) for bad arguments, a
+        grid or work over the limits of :mod:`ctrlsim.limits`, or a row whose
+        plant is impossible (e.g. a mass the payload events leave <= 0);
+        all checked before anything is allocated or simulated.
 
     Examples
     --------
@@ -103,7 +118,8 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
     >>> res.shape
     (3,)
     """
-    names, axes = _check_params(scenario, params)
+    scenario, controller = as_scenario(scenario), as_controller(controller)
+    names, axes = _check_params(scenario, params, progress)
     base = scenario.resolved_controller(controller)
     rows = list(itertools.product(*axes))
     ctls, plants = [], []
@@ -153,29 +169,52 @@ def pack_controllers(controllers) -> np.ndarray:
     return out
 
 
-def _check_params(scenario: Scenario, params: Mapping[str, Sequence[float]]):
+def _check_params(scenario: Scenario, params: Mapping[str, Sequence[float]], progress=None):
+    """Validate the grid and its rows and budget its work, before anything is allocated."""
+    from .limits import MAX_SWEEP_RUNS, check_sweep
+    from .validation import ParameterError, ParameterTypeError
+
+    if not isinstance(params, Mapping):
+        raise ParameterTypeError("params", "must be a mapping of parameter name to values, "
+                                 f"got {type(params).__name__}")
+    if progress is not None and not callable(progress):
+        raise ParameterTypeError("progress", "must be callable(done, total) or None")
     if not params:
-        raise ValueError("sweep: give at least one parameter")
+        raise ParameterError("sweep", "give at least one parameter")
     allowed = sweepable(scenario.plant.preset)
     names, axes = [], []
     for name, values in params.items():
         if name not in allowed:
-            raise ValueError(f"sweep: cannot sweep {name!r} "
-                             f"(sweepable: {', '.join(allowed)})")
-        arr = np.atleast_1d(np.asarray(values, dtype=float))
+            raise ParameterError("sweep", f"cannot sweep {name!r} "
+                                 f"(sweepable: {', '.join(allowed)})")
+        if isinstance(values, (str, bytes)):
+            raise ParameterTypeError(name, "needs a list of numbers, not a string")
+        if hasattr(values, "__len__") and len(values) > MAX_SWEEP_RUNS:
+            raise ParameterError(name, f"at most {MAX_SWEEP_RUNS} values")
+        arr = np.atleast_1d(np.asarray(values))
+        if arr.dtype.kind not in "iuf":
+            raise ParameterTypeError(name, f"needs numbers, got {arr.dtype} values")
+        arr = arr.astype(float)
         if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)):
-            raise ValueError(f"sweep: {name} needs a non-empty list of finite numbers")
+            raise ParameterError(name, "needs a non-empty list of finite numbers")
         if name == "gear":
             if np.any(arr != np.round(arr)):
-                raise ValueError(f"sweep: gear takes whole numbers, got {arr.tolist()}")
+                raise ParameterError(name, f"takes whole numbers, got {arr.tolist()}")
             arr = arr.astype(int)
         names.append(name)
         axes.append(arr)
-    rows = int(np.prod([a.size for a in axes]))
-    size = rows * (scenario.n_steps + 1)
-    if size > MAX_SAMPLES:
-        raise ValueError(f"sweep: {rows} runs of {scenario.n_steps + 1} samples is too large "
-                         f"(at most {MAX_SAMPLES:.0e} samples in all)")
+    # Python integers: 65536**4 rows is 2**64, not a wrapped 0.
+    check_sweep([a.size for a in axes], scenario.n_steps + 1, scenario.work, _CHUNK)
+    # Every plant a row will use, validated (with the payload timeline) before running.
+    plant_axes = [(n, a) for n, a in zip(names, axes) if n not in CONTROLLER_PARAMS]
+    for row in itertools.product(*(a.tolist() for _, a in plant_axes)):
+        setting = dict(zip((n for n, _ in plant_axes), row))
+        try:
+            plant = scenario.plant.with_(**setting)
+            scenario.check_mass(plant.mass)
+        except ParameterError as exc:
+            where = ", ".join(f"{n} = {v:g}" for n, v in setting.items())
+            raise ParameterError(exc.key, f"{exc.reason} (in the sweep row {where})") from None
     return tuple(names), tuple(axes)
 
 
