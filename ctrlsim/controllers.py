@@ -36,8 +36,12 @@ DEFAULT_ALPHA = 0.1
 
 # Preset defaults. Robot: a stiff PI (100 N per m/s; ki/kp = 0.2 1/s) that
 # holds 2 m/s onto a 3 degree descent within 2 % in ~20 s under Leaky ReLU.
-# No anti-windup by default: back-calculation on (a - s) also acts in the
-# leaky branch (a = alpha*s) and would leave a steady error when braking.
+# No anti-windup by default, by choice: kaw = 0.5 would help where the 20 N
+# actuator saturates (`step`: overshoot 29 % -> 0 %), but in the pre-activation
+# domain a coasting ReLU (a = 0, s < 0) counts as saturated, so its integrator
+# stops winding down (`decel`: ReLU overshoot 30 % -> 0 %, rise 2.8 -> 5.8 s)
+# and the family jumps between alpha = 0 and alpha = 0.01 (phi_inv(a) = a/alpha
+# only for alpha > 0). Set kaw per scenario where saturation is the subject.
 # Car: the book's PI with anti-windup (Feedback Systems, sec. 4.1 / 11.5).
 _PRESET_DEFAULTS = {
     "robot": dict(kind="leaky", alpha=DEFAULT_ALPHA, kp=100.0, ki=20.0,
@@ -56,7 +60,9 @@ class Controller:
         Proportional (per m/s), integral (per m) and derivative (per m/s^2)
         gains, in command units (N for the robot, 1 for the car).
     kaw : float, optional
-        Back-calculation anti-windup gain: ``dz = e + (kaw/ki)*(a - s)``.
+        Back-calculation anti-windup gain, in the pre-activation domain:
+        ``dz = e + (kaw/ki)*(phi_inv(a) - s)`` (zero unless the command clips or
+        a ReLU coasts).
     feedforward : float, optional
         Reference feedforward gain, command units per m/s.
     """

@@ -1,0 +1,172 @@
+"""Kernel v2: building blocks, anti-windup per activation, batch == single, tanh, disk cache."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from numba import njit
+
+import ctrlsim
+from ctrlsim import Event, Reference, Road, Scenario, Sensor, make_plant
+from ctrlsim import kernels as K
+from ctrlsim.sweep import pack_controllers
+
+
+@njit
+def _tanh_many(x):
+    out = np.empty_like(x)
+    for i in range(x.size):
+        out[i] = K._tanh(x[i])
+    return out
+
+
+def test_branch_free_tanh_is_within_a_few_ulp_of_libm():
+    x = np.concatenate([np.linspace(-25, 25, 200_001), np.geomspace(1e-300, 25, 50_001),
+                        -np.geomspace(1e-300, 25, 5_001), [0.0, -0.0]])
+    ours, ref = _tanh_many(x), np.tanh(x)
+    ulp = np.abs(ours - ref) / np.spacing(np.abs(ref))
+    assert ulp.max() <= 4
+    big = _tanh_many(np.array([19.2, -19.2, 1e300, -np.inf]))
+    assert big.tolist() == [1.0, -1.0, 1.0, -1.0]
+    assert np.isnan(_tanh_many(np.array([np.nan]))[0])
+
+
+def test_layouts_are_one_tuple_of_names_each():
+    assert K.PLANT_LAYOUT.index("mass") == K.P_MASS
+    assert K.PLANT_LAYOUT.index("brake_force_max") == K.P_BRAKE == K.N_PLANT - 1
+    assert K.PID_LAYOUT[:len(K.CTRL_HEADER)] == K.CTRL_HEADER
+    assert K.PID_LAYOUT.index("feedforward") == K.C_FF == K.N_PID - 1
+    cp = ctrlsim.LinearController(kp=1, ki=2, kd=3, kaw=4, feedforward=5).pack()
+    assert cp[K.C_LAW] == K.LAW_PID and cp[K.C_AW_GAIN] == 2.0   # kaw / ki
+    pp = make_plant("car", mass=1500).pack()
+    assert pp[K.P_MASS] == 1500 and pp[K.P_KIND] == K.KIND_CAR
+
+
+def _decel(**kw):
+    return Scenario(reference=Reference([(0.0, 2.0), (2.0, 1.0)]), duration=30.0,
+                    initial_speed=2.0, **kw)
+
+
+def test_braking_leaky_relu_with_anti_windup_ends_at_the_set_speed():
+    # Held on a descent, Leaky ReLU brakes without saturating: anti-windup in the
+    # pre-activation domain is zero there, so the integral action removes the error.
+    sc = Scenario(reference=Reference([(0.0, 2.0)]), duration=60.0, initial_speed=2.0,
+                  road=Road(((0.0, 0.0), (1.0, -4.0))))
+    tr = ctrlsim.simulate(sc, ctrlsim.LeakyReLUController(alpha=0.5, kp=40, ki=20, kaw=2.0))
+    assert np.all(tr.applied[-100:] < 0)                      # braking ...
+    assert np.all(tr.applied[-100:] > sc.plant.force_min)     # ... without saturating
+    assert abs(tr.speed[-1] - 2.0) < 1e-3
+
+
+@pytest.mark.parametrize("spec", ["relu,kaw=3", "leaky:0.3,kaw=3", "linear,kaw=3"])
+def test_saturation_still_drains_the_integrator(spec):
+    # A step the 20 N actuator cannot follow at once: with anti-windup the overshoot
+    # after the long saturation is smaller than without.
+    sc = Scenario(reference=Reference([(0.0, 0.5), (1.0, 3.5)]), duration=40.0,
+                  initial_speed=0.5)
+    with_aw = ctrlsim.simulate(sc, ctrlsim.controller(spec + ",kp=100,ki=60"))
+    without = ctrlsim.simulate(sc, ctrlsim.controller(spec.split(",")[0] + ",kp=100,ki=60,kaw=0"))
+    assert np.any(with_aw.applied == sc.plant.force_max)
+    assert with_aw.metrics()["overshoot"] < without.metrics()["overshoot"] - 1.0
+
+
+def test_relu_and_linear_anti_windup_is_back_calculation_on_a_minus_s():
+    # For slopes 0 and 1 phi_inv(a) = a, so the new rule is the old one: one kernel
+    # step by hand.
+    for ctl in (ctrlsim.ReLUController(kp=7, ki=3, kd=0, kaw=2, feedforward=0),
+                ctrlsim.LinearController(kp=7, ki=3, kd=0, kaw=2, feedforward=0)):
+        cp = ctl.pack()
+        e, u, a, z = K.control_step(1.0, 5.0, 0.0, 0.1, True, 0.01, -20.0, 20.0, cp)
+        s = 7 * 4.0 + 3 * 0.1
+        assert (e, u, a) == (4.0, s, 20.0)
+        assert z == 0.1 + 0.01 * (4.0 + (2 / 3) * (20.0 - s))
+
+
+def _mixed_case():
+    sc = Scenario(reference=Reference([(0.5, 2.5), (6.0, 1.0)]), duration=12.0,
+                  control_period=0.02, substeps=4, initial_speed=1.5,
+                  road=Road(((1.0, 0.0), (4.0, 2.5), (9.0, -4.0))),
+                  events=(Event(at=2.0, payload=6.0), Event(at=3.0, until=4.5, force=-15.0)),
+                  sensor=Sensor(speed_noise_std=0.02, seed=3))
+    ctls = [ctrlsim.controller(s) for s in
+            ("relu", "leaky:0.1,kaw=1", "linear,kd=2", "leaky:0.5,ff=3", "relu,ki=0")]
+    ctls = [c.resolve(None, "robot") for c in ctls]
+    masses = [18.0, 25.0, 40.0, 25.0, 30.0]
+    taus = [0.2, 0.0, 0.05, 0.3, 0.2]
+    plants = [sc.plant.with_(mass=m, actuator_tau=t) for m, t in zip(masses, taus)]
+    return sc, ctls, plants
+
+
+def test_batch_equals_single_bit_for_bit_with_mixed_controllers_and_plants():
+    sc, ctls, plants = _mixed_case()
+    prof = sc.pack()
+    pp = np.array([p.pack() for p in plants])
+    cp = pack_controllers(ctls)
+    b, n1 = len(ctls), prof.ref.size
+    out = np.empty((b, n1, 5))
+    div = np.empty(b, np.int64)
+    feas = np.empty(b, np.bool_)
+    K.rollout_batch(pp, cp, prof, out, div, feas)
+    for i in range(b):
+        single = np.empty((n1, 5))
+        d, f = K.rollout(pp[i], cp[i], prof, single)
+        assert (d, f) == (div[i], feas[i])
+        assert np.array_equal(single, out[i], equal_nan=True), i
+
+
+def test_batch_flags_divergence_per_row():
+    sc = Scenario(reference=Reference([(0.0, 2.0)]), duration=5.0, initial_speed=1.0,
+                  substeps=1, plant=make_plant("robot", actuator_tau=0.0, force_min=-1e9,
+                                                force_max=1e9))
+    ctls = [ctrlsim.LinearController(kp=k, ki=0, kd=0, kaw=0, feedforward=0)
+            for k in (10.0, 1e6)]
+    pp = np.tile(sc.plant.pack(), (2, 1))
+    prof = sc.pack()
+    out = np.empty((2, prof.ref.size, 5))
+    div = np.empty(2, np.int64)
+    feas = np.empty(2, np.bool_)
+    K.rollout_batch(pp, pack_controllers(ctls), prof, out, div, feas)
+    assert div[0] == -1 and np.all(np.isfinite(out[0]))
+    assert div[1] > 0 and np.all(np.isnan(out[1, div[1]:]))
+
+
+def test_advance_batch_equals_plant_interval():
+    sc, _, plants = _mixed_case()
+    prof = sc.pack()
+    plant = np.ascontiguousarray(np.array([p.pack() for p in plants]).T)
+    nb = plant.shape[1]
+    p, v, f = np.zeros(nb), np.full(nb, 1.5), np.full(nb, 3.0)
+    a = np.linspace(-20, 20, nb)
+    work = K.batch_work(nb)
+    caches = [K.input_cache() for _ in range(nb)]
+    ref = [(0.0, 1.5, 3.0)] * nb
+    for k in range(100):
+        K.advance_batch(p, v, f, a, k * 0.02, 0.02, 4, plant, prof, work)
+        ref = [K.plant_interval(*ref[i], a[i], k * 0.02, 0.02, 4, plant[:, i].copy(), prof,
+                                caches[i]) for i in range(nb)]
+        assert np.array_equal(np.array(ref), np.column_stack([p, v, f]))
+
+
+def test_kernels_load_from_the_disk_cache_in_a_fresh_process(tmp_path):
+    # First process compiles and writes the cache; the second must load every
+    # kernel it runs (simulate and the parallel batch) without compiling.
+    code = textwrap.dedent("""
+        import numpy as np, ctrlsim
+        from ctrlsim import kernels as K
+        sc = ctrlsim.load_scenario("decel")
+        ctrlsim.simulate(sc)
+        ctrlsim.sweep(sc, {"alpha": np.linspace(0, 1, 3)})
+        stats = {name: getattr(K, name).stats for name in ("rollout", "rollout_batch")}
+        print(sum(len(s.cache_misses) for s in stats.values()),
+              sum(sum(s.cache_hits.values()) for s in stats.values()))
+    """)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    run = lambda: subprocess.run([sys.executable, "-c", code], env=env, check=True,  # noqa: E731
+                                 capture_output=True, text=True).stdout.split()
+    first_misses, _ = run()
+    misses, hits = run()
+    assert int(first_misses) > 0
+    assert (int(misses), int(hits)) == (0, 2)
