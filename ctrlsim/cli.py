@@ -32,7 +32,7 @@ from .controllers import controller as parse_controller
 from .files import OutputError, atomic_write, check_folder, check_output
 from .limits import MAX_SWEEP_RUNS
 from .loader import load_scenario, shipped_scenarios
-from .metrics import METRIC_KEYS
+from .metrics import METRIC_KEYS, metric_label
 from .simulate import Trajectory, simulate
 from .validation import ParameterError, safe_text
 
@@ -40,10 +40,9 @@ __all__ = ["main"]
 
 _PLOT_SUFFIXES = {".png", ".pdf", ".svg", ".jpg"}
 # (metric, header, width) of the human tables.
-_COLUMNS = (("overshoot", "overshoot [%]", 13), ("settling_time", "settling [s]", 12),
-            ("rise_time", "rise [s]", 8), ("peak", "peak [m/s]", 10),
-            ("steady_state_error", "final err [m/s]", 15), ("iae", "IAE [m]", 8),
-            ("max_abs_error", "max|e| [m/s]", 12), ("energy", "energy [J]", 10))
+_COLUMNS = tuple((key, metric_label(key, short=True), len(metric_label(key, short=True)))
+                 for key in ("overshoot", "settling_time", "rise_time", "peak",
+                             "steady_state_error", "iae", "max_abs_error", "energy"))
 
 
 class UsageError(ParameterError):

@@ -1,4 +1,4 @@
-"""Read scenario TOML files (DESIGN 5) into :class:`~ctrlsim.scenario.Scenario`.
+"""Read scenario TOML files (format: ``docs/scenarios.md``) into a ``Scenario``.
 
 The loader parses and checks structure and types; the dataclasses check
 values. Every problem becomes one :class:`ScenarioError` naming the file, the

@@ -11,16 +11,12 @@ exception.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .validation import ParameterError, ParameterTypeError, finite_float
 
-if TYPE_CHECKING:
-    from .simulate import Trajectory
-
-__all__ = ["step_info", "tracking_metrics", "trajectory_metrics",
+__all__ = ["step_info", "tracking_metrics", "run_metrics", "metric_label", "METRIC_INFO",
            "STEP_KEYS", "TRACKING_KEYS", "METRIC_KEYS"]
 
 STEP_KEYS = ("rise_time", "settling_time", "settling_min", "settling_max",
@@ -29,6 +25,36 @@ STEP_KEYS = ("rise_time", "settling_time", "settling_min", "settling_max",
 TRACKING_KEYS = ("iae", "ise", "itae", "rms_error", "max_abs_error",
                  "control_effort", "energy")
 METRIC_KEYS = STEP_KEYS + TRACKING_KEYS
+
+# The one table of names and units, for CLI tables and plot axes:
+# key -> (short name, long name, unit).
+METRIC_INFO = {
+    "rise_time": ("rise", "rise time", "s"),
+    "settling_time": ("settling", "settling time", "s"),
+    "settling_min": ("settling min", "settling min", "m/s"),
+    "settling_max": ("settling max", "settling max", "m/s"),
+    "overshoot": ("overshoot", "overshoot", "%"),
+    "undershoot": ("undershoot", "undershoot", "%"),
+    "peak": ("peak", "peak speed", "m/s"),
+    "peak_time": ("peak time", "peak time", "s"),
+    "steady_state_value": ("final", "final speed", "m/s"),
+    "steady_state_error": ("final err", "steady-state error", "m/s"),
+    "iae": ("IAE", "IAE", "m"),
+    "ise": ("ISE", "ISE", "m²/s"),
+    "itae": ("ITAE", "ITAE", "m·s"),
+    "rms_error": ("RMS err", "RMS error", "m/s"),
+    "max_abs_error": ("max|e|", "max |error|", "m/s"),
+    "control_effort": ("effort", "control effort", "command·s"),
+    "energy": ("energy", "traction energy", "J"),
+}
+
+
+def metric_label(key: str, short: bool = False) -> str:
+    """``"settling time [s]"`` (or ``"settling [s]"`` when ``short``) for a metric key."""
+    if key not in METRIC_INFO:
+        return key
+    brief, full, unit = METRIC_INFO[key]
+    return f"{brief if short else full} [{unit}]"
 
 
 def step_info(t, y, initial: float | None = None, final: float | None = None,
@@ -155,35 +181,37 @@ def tracking_metrics(t, error, applied, force, speed) -> dict[str, float]:
     }
 
 
-def trajectory_metrics(tr: Trajectory) -> dict[str, float]:
-    """Metrics of a simulated run against its set speed (DESIGN 6).
+def run_metrics(t: np.ndarray, speed: np.ndarray, reference: np.ndarray,
+                applied: np.ndarray, force: np.ndarray,
+                window: tuple[float, float] | None, control_period: float,
+                diverged: bool = False) -> dict[str, float]:
+    """Metrics of a simulated run against its set speed (docs/metrics.md).
 
-    Step metrics are taken over the window of the first set-speed change
-    (``Scenario.step_window``), with ``initial`` the speed at the change and
-    ``final`` the new set speed, times from the change; they are NaN for a
-    holding or cycle reference. ``steady_state_value`` is the last speed
-    sample and ``steady_state_error`` the reference minus it. Tracking
-    metrics cover the whole run. A diverged run gives NaN throughout.
+    Step metrics are taken over ``window`` = ``(t_change, t_end)`` of the first
+    set-speed change (``Scenario.step_window``), with ``initial`` the speed at
+    the change and ``final`` the new set speed, times from the change; they
+    are NaN for ``window=None`` (a holding or cycle reference).
+    ``steady_state_value`` is the last speed sample and ``steady_state_error``
+    the reference minus it. Tracking metrics cover the whole run. A diverged
+    run gives NaN throughout.
     """
     out = dict.fromkeys(METRIC_KEYS, math.nan)
-    if tr.diverged:
+    if diverged:
         return out
-    window = tr.scenario.step_window()
     if window is not None:
         t0, t1 = window
-        tol = 1e-9 * tr.scenario.control_period
-        sel = (tr.t >= t0 - tol) & ((tr.t < t1 - tol) | (tr.t[-1] <= t1 + tol))
+        tol = 1e-9 * control_period
+        sel = (t >= t0 - tol) & ((t < t1 - tol) | (t[-1] <= t1 + tol))
         if np.count_nonzero(sel) >= 2:
-            ref = float(tr.reference[sel][-1])
-            out.update(step_info(tr.t[sel], tr.speed[sel], initial=tr.speed[sel][0],
-                                 final=ref))
+            ref = float(reference[sel][-1])
+            out.update(step_info(t[sel], speed[sel], initial=speed[sel][0], final=ref))
             # Times count from the change, which may fall between samples.
-            lag = float(tr.t[sel][0]) - t0
+            lag = float(t[sel][0]) - t0
             out["settling_time"] += lag
             out["peak_time"] += lag
-    out["steady_state_value"] = float(tr.speed[-1])
-    out["steady_state_error"] = float(tr.reference[-1] - tr.speed[-1])
-    out.update(tracking_metrics(tr.t, tr.error, tr.applied, tr.force, tr.speed))
+    out["steady_state_value"] = float(speed[-1])
+    out["steady_state_error"] = float(reference[-1] - speed[-1])
+    out.update(tracking_metrics(t, reference - speed, applied, force, speed))
     return out
 
 

@@ -35,13 +35,17 @@ import numpy as np
 from . import kernels as K
 from .validation import ParameterError, ParameterTypeError, finite_float
 
-__all__ = ["Plant", "make_plant", "PRESETS", "ROBOT_FIELDS", "CAR_FIELDS"]
+__all__ = ["Plant", "make_plant", "PRESETS", "ROBOT_FIELDS", "CAR_FIELDS", "PRESET_FIELDS",
+           "COMMAND_LABELS"]
 
 COMMON_FIELDS = ("mass", "gravity", "rolling_resistance", "drag_linear",
                  "drag_quadratic", "actuator_tau")
 ROBOT_FIELDS = COMMON_FIELDS + ("force_min", "force_max")
 CAR_FIELDS = COMMON_FIELDS + ("gear", "gear_ratios", "torque_max",
                               "omega_max", "torque_beta", "brake_force_max")
+# Per preset: the fields that apply, and what its command means (axis labels).
+PRESET_FIELDS = {"robot": ROBOT_FIELDS, "car": CAR_FIELDS}
+COMMAND_LABELS = {"robot": "force command [N]", "car": "throttle (+) / brake (−)"}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "robot": dict(mass=25.0, gravity=9.81, rolling_resistance=0.015,
@@ -105,7 +109,7 @@ class Plant:
     def __post_init__(self) -> None:
         if isinstance(self.preset, str) and self.preset in PRESETS:
             # Direct construction gets the same coercion as make_plant.
-            allowed = ROBOT_FIELDS if self.preset == "robot" else CAR_FIELDS
+            allowed = PRESET_FIELDS[self.preset]
             for f in fields(self):
                 value = getattr(self, f.name)
                 if f.name in allowed:
@@ -127,7 +131,7 @@ class Plant:
 
     def overrides(self) -> dict[str, Any]:
         """The fields that apply to this preset, as a dict."""
-        names = ROBOT_FIELDS if self.preset == "robot" else CAR_FIELDS
+        names = PRESET_FIELDS[self.preset]
         return {n: getattr(self, n) for n in names}
 
     def pack(self) -> np.ndarray:
@@ -168,7 +172,7 @@ def make_plant(preset: str = "robot", **overrides: Any) -> Plant:
     if not isinstance(preset, str) or preset not in PRESETS:
         raise ParameterError("preset", f"unknown preset {preset!r} "
                              f"(expected one of {', '.join(PRESETS)})")
-    allowed = ROBOT_FIELDS if preset == "robot" else CAR_FIELDS
+    allowed = PRESET_FIELDS[preset]
     for name in overrides:
         if name not in allowed:
             raise ParameterError(name, f"not a field of the {preset!r} preset "

@@ -14,23 +14,15 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from .metrics import trajectory_metrics
+from .metrics import METRIC_KEYS, metric_label
+from .plant import COMMAND_LABELS
 from .simulate import Trajectory
 from .sweep import SweepResult
 from .validation import safe_text
 
 __all__ = ["step_response", "tracking", "sweep_plot", "comparison", "METRIC_LABELS"]
 
-METRIC_LABELS = {
-    "rise_time": "rise time [s]", "settling_time": "settling time [s]",
-    "overshoot": "overshoot [%]", "undershoot": "undershoot [%]",
-    "peak": "peak speed [m/s]", "peak_time": "peak time [s]",
-    "steady_state_error": "steady-state error [m/s]", "iae": "IAE [m]",
-    "ise": "ISE [m²/s]", "itae": "ITAE [m·s]", "rms_error": "RMS error [m/s]",
-    "max_abs_error": "max |error| [m/s]", "control_effort": "control effort",
-    "energy": "traction energy [J]", "settling_min": "settling min [m/s]",
-    "settling_max": "settling max [m/s]", "steady_state_value": "final speed [m/s]",
-}
+METRIC_LABELS = {key: metric_label(key) for key in METRIC_KEYS}
 
 
 def comparison(trajectories: Sequence[Trajectory], labels: Sequence[str] | None = None,
@@ -76,7 +68,7 @@ def step_response(trajectories: Sequence[Trajectory], labels: Sequence[str] | No
         ax_v.fill_between([t0, t1], final - half, final + half, color="0.85", lw=0,
                           label=f"±{settling_threshold:.0%} band")
     for tr, label, color in zip(trajectories, labels, _colors()):
-        m = trajectory_metrics(tr)
+        m = tr.metrics()
         ax_v.plot(tr.t, tr.speed, color=color, lw=1.6, label=_step_label(label, m, tr))
         ax_u.step(tr.t, tr.applied, where="post", color=color, lw=1.2)
         if window is not None and math.isfinite(m["peak_time"]) and m["overshoot"] > 0:
@@ -110,7 +102,7 @@ def tracking(trajectories: Sequence[Trajectory], labels: Sequence[str] | None = 
     ax_v.plot(trajectories[0].t, trajectories[0].reference, color="k", lw=1.0,
               label="cycle")
     for tr, label, color in zip(trajectories, labels, _colors()):
-        m = trajectory_metrics(tr)
+        m = tr.metrics()
         ax_v.plot(tr.t, tr.speed, color=color, lw=0.9, alpha=0.85,
                   label=f"{label} (RMS error {m['rms_error']:.3g} m/s)")
         ax_e.plot(tr.t, tr.error, color=color, lw=0.8, alpha=0.85)
@@ -185,10 +177,7 @@ def _two_panels(title: str):
 
 
 def _command_axis(ax, sc) -> None:
-    if sc.plant.preset == "car":
-        ax.set_ylabel("throttle (+) / brake (−)")
-    else:
-        ax.set_ylabel("force command [N]")
+    ax.set_ylabel(COMMAND_LABELS[sc.plant.preset])
     lo, hi = sc.plant.command_limits
     for lim in (lo, hi):
         ax.axhline(lim, color="0.5", lw=0.8, ls="--")

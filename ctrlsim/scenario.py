@@ -182,7 +182,7 @@ class Sensor:
 
 @dataclass(frozen=True)
 class Scenario:
-    """A complete simulation setup (DESIGN 5), SI units.
+    """A complete simulation setup (docs/scenarios.md), SI units.
 
     Parameters
     ----------

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import kernels as K
 from .controllers import Controller, CustomController, as_controller
+from .metrics import run_metrics
 from .scenario import Scenario, as_scenario
 
 __all__ = ["simulate", "Trajectory", "StartWarning", "SetupWarning"]
@@ -68,12 +69,13 @@ class Trajectory:
         return self.reference - self.speed
 
     def metrics(self) -> dict[str, float]:
-        """Step and tracking metrics against the set speed (DESIGN 6).
+        """Step and tracking metrics against the set speed (docs/metrics.md).
 
-        See :func:`ctrlsim.metrics.trajectory_metrics`.
+        See :func:`ctrlsim.metrics.run_metrics`.
         """
-        from .metrics import trajectory_metrics
-        return trajectory_metrics(self)
+        sc = self.scenario
+        return run_metrics(self.t, self.speed, self.reference, self.applied, self.force,
+                           sc.step_window(), sc.control_period, self.diverged)
 
 
 def simulate(scenario: Scenario, controller: Controller | CustomController | None = None,

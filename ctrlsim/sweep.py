@@ -17,7 +17,7 @@ from .controllers import (
     as_controller,
 )
 from .metrics import METRIC_KEYS
-from .plant import CAR_FIELDS, ROBOT_FIELDS
+from .plant import PRESET_FIELDS
 from .scenario import Scenario, as_scenario
 from .simulate import Trajectory, check_setup, make_trajectory, warn_infeasible_start
 
@@ -31,7 +31,7 @@ _CHUNK = 16
 
 def sweepable(preset: str) -> tuple[str, ...]:
     """Names :func:`sweep` accepts for a plant preset."""
-    plant = ROBOT_FIELDS if preset == "robot" else CAR_FIELDS
+    plant = PRESET_FIELDS[preset]
     return CONTROLLER_PARAMS + tuple(n for n in plant if n != "gear_ratios")
 
 

@@ -74,7 +74,7 @@ def ctrlsim_response(grade_deg, kaw=2.0, duration=40.0):
     return ctrlsim.simulate(sc, ctrlsim.ReLUController(kp=0.5, ki=0.1, kaw=kaw))
 
 
-# The book's rolling resistance is m g Cr sign(v); DESIGN 3 adds cos(theta)
+# The book's rolling resistance is m g Cr sign(v); docs/model.md adds cos(theta)
 # (0.9 N less on a 6 degree hill). That is invisible on 4 degrees with
 # anti-windup, but a wound-up integrator carries it: 0.011 m/s against the
 # book, 0.006 m/s against the book model with cos(theta) (measured).
