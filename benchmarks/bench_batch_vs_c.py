@@ -5,9 +5,17 @@ substeps, actuator lag, grade interpolation, events, the digital PID-family
 loop with its activation, clipping and anti-windup). It is compiled with gcc
 at run time into a temporary directory and called through ctypes, single
 threaded. Both versions run the same 256 parameter sets of a robot scenario
-and must produce the same final speeds before any time is reported.
+and must produce bit-identical outputs before any time is reported. The C
+follows Kernel v2: the branch-free ``_tanh`` (Cody-Waite expm1, Estrin
+polynomial, exact +-1 beyond |x| = 19.1), ``v * (1/0.1)``, ``(f_target - f) *
+inv_tau``, anti-windup ``z += Ts*(e + (kaw/ki)*(phi_inv(a) - s))``, and the
+road-piece / event-window caches kept across control periods.
 
-Throughput is RK4 substeps per second: rows * N * substeps / seconds.
+Then the lockstep batch at scale: 4096 vehicles, 5 RK4 substeps per 0.05 s
+control period, 20 s, on 2 threads and on 1 (``numba.set_num_threads``).
+
+Throughput is RK4 substeps per second: rows * N * substeps / seconds; an
+env-step is one control period of one vehicle.
 
 Run: ``python benchmarks/bench_batch_vs_c.py``
 """
@@ -29,21 +37,31 @@ import numpy as np
 import ctrlsim
 from ctrlsim import Event, LeakyReLUController, Reference, Road, Scenario, make_plant
 from ctrlsim import kernels as K
+from ctrlsim.sweep import pack_controllers
 
 TARGET = 1.5          # numba on all cores vs single-thread C
+TARGET_SUBSTEPS = 250e6   # lockstep batch, 4096 vehicles, RK4 substeps/s on 2 threads
+TARGET_SCALING = 1.8      # 2 threads vs 1, same batch
 REPEATS = 3           # best-of
-FINAL_SPEED_TOL = 1e-9
+DURATION = 40.0       # s, the batch-vs-C workload (10 ms, 10 substeps, 256 rows)
+BIG_DURATION = 20.0   # s, the 4096-vehicle lockstep workload (50 ms, 5 substeps)
 
 C_SOURCE = r"""
 #include <math.h>
+#include <stdint.h>
 
 enum { P_KIND, P_MASS, P_G, P_CR, P_DLIN, P_DQUAD, P_TAU, P_CMD_LO, P_CMD_HI,
        P_GEAR_RATIO, P_TMAX, P_WMAX, P_BETA, P_BRAKE, N_PLANT };
-enum { C_ALPHA, C_KP, C_KI, C_KD, C_KAW, C_FF, N_CTRL };
+/* Controller vector: header (law, integrate, aw_gain, aw_slope), then the
+   piecewise-linear PID family's gains. */
+enum { C_LAW, C_INTEGRATE, C_AW_GAIN, C_SLOPE, C_KP, C_KI, C_KD, C_FF };
 #define KIND_CAR 1.0
-#define V_ROLL 0.1
+#define INV_V_ROLL (1.0 / 0.1)
 #define STAGE_EPS 1e-9
 #define N_OUT 5
+
+static const double LN2_HI = 6.93147180369123816490e-01;
+static const double LN2_LO = 1.90821492927058770002e-10;
 
 typedef struct {
     const double *gx, *gth; long ng; int by_time;
@@ -54,103 +72,145 @@ typedef struct {
 static inline double py_max(double a, double b) { return b > a ? b : a; }
 static inline double py_min(double a, double b) { return b < a ? b : a; }
 
-static double interp_clamped(double x, const double *xp, const double *fp, long n) {
-    if (n == 0) return 0.0;
-    if (isnan(x)) return x;
-    if (x <= xp[0]) return fp[0];
-    if (x >= xp[n - 1]) return fp[n - 1];
-    long i = 1;
-    while (xp[i] < x) i++;
-    double w = (x - xp[i - 1]) / (xp[i] - xp[i - 1]);
-    return fp[i - 1] + w * (fp[i] - fp[i - 1]);
+/* kernels._tanh: expm1(2|x|) by Cody-Waite reduction and a degree-13 Taylor
+   polynomial in Estrin's scheme, then em / (em + 2); exact +-1 for |x| > 19.1. */
+static inline double k_tanh(double x) {
+    if (x != x) return x;
+    double y = 2.0 * fabs(x);
+    if (y > 38.2) return copysign(1.0, x);
+    double kf = floor(y * (1.0 / 0.6931471805599453) + 0.5);
+    double r = (y - kf * LN2_HI) - kf * LN2_LO;
+    double r2 = r * r;
+    double r4 = r2 * r2;
+    double q = (((1.0 + r * (1.0 / 2)) + r2 * (1.0 / 6 + r * (1.0 / 24)))
+                + r4 * ((1.0 / 120 + r * (1.0 / 720)) + r2 * (1.0 / 5040 + r * (1.0 / 40320)))
+                + (r4 * r4) * ((1.0 / 362880 + r * (1.0 / 3628800))
+                               + r2 * (1.0 / 39916800 + r * (1.0 / 479001600))
+                               + r4 * (1.0 / 6227020800)));
+    double p = r * q;
+    double two_k = (double)((int64_t)1 << (int64_t)kf);
+    double em = two_k * p + (two_k - 1.0);
+    return copysign(em / (em + 2.0), x);
 }
 
-static void events_at(double t, const Profile *pr, double *payload, double *force) {
-    double pl = 0.0, fo = 0.0;
+/* kernels.road_segment: the linear road piece [lo, hi) containing x. */
+static void road_segment(double x, const Profile *pr, double *lo, double *hi,
+                         double *th_lo, double *slope) {
+    long n = pr->ng;
+    const double *gx = pr->gx, *gth = pr->gth;
+    if (n == 0) { *lo = -INFINITY; *hi = INFINITY; *th_lo = 0.0; *slope = 0.0; return; }
+    if (isnan(x)) { *lo = x; *hi = x; *th_lo = x; *slope = 0.0; return; }
+    if (x < gx[0]) { *lo = -INFINITY; *hi = gx[0]; *th_lo = gth[0]; *slope = 0.0; return; }
+    if (x >= gx[n - 1]) {
+        *lo = gx[n - 1]; *hi = INFINITY; *th_lo = gth[n - 1]; *slope = 0.0; return;
+    }
+    long i = 1;
+    while (gx[i] <= x) i++;
+    *lo = gx[i - 1]; *hi = gx[i]; *th_lo = gth[i - 1];
+    *slope = (gth[i] - gth[i - 1]) / (gx[i] - gx[i - 1]);
+}
+
+/* kernels.event_window: payload and force at t, and the window where they hold. */
+static void event_window(double t, const Profile *pr, double *lo_, double *hi_,
+                         double *payload, double *force) {
+    double lo = -INFINITY, hi = INFINITY, pl = 0.0, fo = 0.0;
     for (long j = 0; j < pr->nev; j++) {
         const double *e = pr->ev + 4 * j;
-        if (e[0] <= t && t < e[1]) { fo += e[2]; pl += e[3]; }
+        if (e[0] <= t && t < e[1]) {
+            fo += e[2]; pl += e[3];
+            lo = py_max(lo, e[0]); hi = py_min(hi, e[1]);
+        } else if (t < e[0]) {
+            hi = py_min(hi, e[0]);
+        } else {
+            lo = py_max(lo, e[1]);
+        }
     }
-    *payload = pl; *force = fo;
+    *lo_ = lo; *hi_ = hi; *payload = pl; *force = fo;
 }
 
-/* tanh(v / V_ROLL); beyond |x| = 19.1 the rounded tanh is exactly +-1 (as in kernels.py). */
-static inline double smooth_sign(double v) {
-    double x = v / V_ROLL;
-    return fabs(x) > 19.1 ? copysign(1.0, x) : tanh(x);
-}
-
-static double motor_torque(double omega, const double *pp) {
-    double x = omega / pp[P_WMAX] - 1.0;
-    return py_max(pp[P_TMAX] * (1.0 - pp[P_BETA] * x * x), 0.0);
-}
-
-static double actuator_force(double a, double v, const double *pp) {
+static inline double actuator(double a, double v, const double *pp) {
     if (pp[P_KIND] == KIND_CAR) {
         if (a >= 0.0) {
             double gr = pp[P_GEAR_RATIO];
-            return gr * motor_torque(gr * v, pp) * a;
+            double x = gr * v / pp[P_WMAX] - 1.0;
+            double torque = py_max(pp[P_TMAX] * (1.0 - pp[P_BETA] * x * x), 0.0);
+            return gr * torque * a;
         }
-        return pp[P_BRAKE] * a * smooth_sign(v);
+        return pp[P_BRAKE] * a * k_tanh(v * INV_V_ROLL);
     }
     return a;
 }
 
-static double resistance(double v, double theta, double m, const double *pp) {
-    double roll = pp[P_CR] * m * pp[P_G] * cos(theta) * smooth_sign(v);
-    return roll + pp[P_DLIN] * v + pp[P_DQUAD] * v * fabs(v);
+static inline double resistance(double v, double m, double cos_th, const double *pp) {
+    return pp[P_CR] * m * pp[P_G] * cos_th * k_tanh(v * INV_V_ROLL) + pp[P_DLIN] * v
+           + pp[P_DQUAD] * v * fabs(v);
 }
 
-static void derivatives(double p, double v, double f, double t, double a,
-                        const double *pp, const Profile *pr,
-                        double *dp, double *dv, double *df) {
-    double theta = interp_clamped(pr->by_time ? t : p, pr->gx, pr->gth, pr->ng);
-    double payload, f_ext;
-    events_at(t, pr, &payload, &f_ext);
-    double m = pp[P_MASS] + payload;
-    double f_target = actuator_force(a, v, pp);
-    if (pp[P_TAU] > 0.0) {
-        *df = (f_target - f) / pp[P_TAU];
-    } else {
-        *df = 0.0;
-        f = f_target;
-    }
-    *dv = (f - resistance(v, theta, m, pp) - m * pp[P_G] * sin(theta) + f_ext) / m;
-    *dp = v;
-}
+/* Road piece (lo, hi, theta_lo, slope, sin, cos of theta_lo) and event window
+   (lo, hi, payload, force), kept across control periods as in the kernel. */
+typedef struct { double r_lo, r_hi, th_lo, slope, sn0, cs0, e_lo, e_hi, payload, f_ext; } Cache;
 
 static void plant_interval(double *p_, double *v_, double *f_, double a, double t0,
                            double dt, long substeps, const double *pp,
-                           const Profile *pr) {
+                           const Profile *pr, Cache *cc) {
     double p = *p_, v = *v_, f = *f_;
+    int lag = pp[P_TAU] > 0.0;
+    double inv_tau = lag ? 1.0 / pp[P_TAU] : 0.0;
     double h = dt / substeps;
-    double lo = STAGE_EPS * h;
+    double hh = 0.5 * h, h6 = h / 6.0, eps = STAGE_EPS * h;
+    Cache c_ = *cc;
     for (long j = 0; j < substeps; j++) {
         double ta = t0 + j * h;
-        double k1p, k1v, k1f, k2p, k2v, k2f, k3p, k3v, k3f, k4p, k4v, k4f;
-        derivatives(p, v, f, ta + lo, a, pp, pr, &k1p, &k1v, &k1f);
-        derivatives(p + 0.5 * h * k1p, v + 0.5 * h * k1v, f + 0.5 * h * k1f,
-                    ta + 0.5 * h, a, pp, pr, &k2p, &k2v, &k2f);
-        derivatives(p + 0.5 * h * k2p, v + 0.5 * h * k2v, f + 0.5 * h * k2f,
-                    ta + 0.5 * h, a, pp, pr, &k3p, &k3v, &k3f);
-        derivatives(p + h * k3p, v + h * k3v, f + h * k3f,
-                    ta + h - lo, a, pp, pr, &k4p, &k4v, &k4f);
-        p += h / 6.0 * (k1p + 2.0 * k2p + 2.0 * k3p + k4p);
-        v += h / 6.0 * (k1v + 2.0 * k2v + 2.0 * k3v + k4v);
-        f += h / 6.0 * (k1f + 2.0 * k2f + 2.0 * k3f + k4f);
+        double sp = p, sv = v, sf = f;
+        double acc_p = 0.0, acc_v = 0.0, acc_f = 0.0;
+        for (int c = 0; c < 4; c++) {
+            double ts = c == 0 ? ta + eps : (c == 3 ? ta + h - eps : ta + hh);
+            double x = pr->by_time ? ts : sp;
+            double sn, cs;
+            if (!(c_.r_lo <= x && x < c_.r_hi)) {
+                road_segment(x, pr, &c_.r_lo, &c_.r_hi, &c_.th_lo, &c_.slope);
+                c_.sn0 = sin(c_.th_lo); c_.cs0 = cos(c_.th_lo);
+            }
+            if (c_.slope == 0.0) {
+                sn = c_.sn0; cs = c_.cs0;
+            } else {
+                double th = c_.th_lo + c_.slope * (x - c_.r_lo);
+                sn = sin(th); cs = cos(th);
+            }
+            if (!(c_.e_lo <= ts && ts < c_.e_hi))
+                event_window(ts, pr, &c_.e_lo, &c_.e_hi, &c_.payload, &c_.f_ext);
+            double m = pp[P_MASS] + c_.payload;
+            double f_target = actuator(a, sv, pp);
+            double force = lag ? sf : f_target;
+            double dfv = lag ? (f_target - sf) * inv_tau : 0.0;
+            double dvv = (force - resistance(sv, m, cs, pp) - m * pp[P_G] * sn + c_.f_ext) / m;
+            double dpv = sv;
+            if (c == 0) {
+                acc_p = dpv; acc_v = dvv; acc_f = dfv;
+            } else {
+                double w = c == 3 ? 1.0 : 2.0;
+                acc_p += w * dpv; acc_v += w * dvv; acc_f += w * dfv;
+            }
+            double step = c == 2 ? h : hh;
+            sp = p + step * dpv; sv = v + step * dvv; sf = f + step * dfv;
+        }
+        p += h6 * acc_p;
+        v += h6 * acc_v;
+        f += h6 * acc_f;
     }
+    *cc = c_;
     *p_ = p; *v_ = v; *f_ = f;
 }
 
 static double equilibrium_command(double v0, const double *pp, const Profile *pr,
                                   int *feasible) {
-    double theta = interp_clamped(0.0, pr->gx, pr->gth, pr->ng);
-    double payload, f_ext, a0;
-    events_at(0.0, pr, &payload, &f_ext);
+    double lo_, hi_, th, slope, elo, ehi, payload, f_ext, a0;
+    road_segment(0.0, pr, &lo_, &hi_, &th, &slope);
+    event_window(0.0, pr, &elo, &ehi, &payload, &f_ext);
     double m = pp[P_MASS] + payload;
-    double f_req = resistance(v0, theta, m, pp) + m * pp[P_G] * sin(theta) - f_ext;
+    double f_req = resistance(v0, m, cos(th), pp) + m * pp[P_G] * sin(th) - f_ext;
     double unit = f_req >= 0.0 ? 1.0 : -1.0;
-    double gain = unit * actuator_force(unit, v0, pp);
+    double gain = unit * actuator(unit, v0, pp);
     if (gain > 0.0)
         a0 = f_req / gain;
     else
@@ -160,51 +220,56 @@ static double equilibrium_command(double v0, const double *pp, const Profile *pr
     return py_min(py_max(a0, lo), hi);
 }
 
+static inline double phi_inv(double a, double alpha) {
+    return (a < 0.0 && alpha > 0.0) ? a / alpha : a;
+}
+
 static long rollout(const double *pp, const double *cp, double v0, const double *ref,
                     const double *noise, long n1, double ts, long substeps,
                     const Profile *pr, double v_limit, double *out, int *feasible) {
     long n = n1 - 1;
     double lo = pp[P_CMD_LO], hi = pp[P_CMD_HI];
-    double ki = cp[C_KI], kaw = cp[C_KAW], alpha = cp[C_ALPHA];
-    int has_lag = pp[P_TAU] > 0.0;
+    double ki = cp[C_KI], alpha = cp[C_SLOPE];
+    int lag = pp[P_TAU] > 0.0;
+    /* initial_state: equilibrium command, controller_preload, actuator force */
     double a0 = equilibrium_command(v0, pp, pr, feasible);
-    /* controller_preload */
-    double s0 = (a0 < 0.0 && alpha > 0.0) ? a0 / alpha : a0;
+    double s0 = phi_inv(a0, alpha);
     double z = ki != 0.0 ? (s0 - cp[C_FF] * v0) / ki : 0.0;
     double u0 = s0 >= 0.0 ? s0 : alpha * s0;
-    double p = 0.0, v = v0;
-    double f = actuator_force(py_min(py_max(u0, lo), hi), v0, pp);
-    double e_prev = 0.0;
+    double f = actuator(py_min(py_max(u0, lo), hi), v0, pp);
+    double p = 0.0, v = v0, e = 0.0;
+    Cache cache = {0.0, -INFINITY, 0.0, 0.0, 0.0, 0.0, 0.0, -INFINITY, 0.0, 0.0};
     for (long k = 0; k <= n; k++) {
-        double y = v + noise[k];
-        double e = ref[k] - y;
-        double d = k > 0 ? (e - e_prev) / ts : 0.0;
+        /* control_step */
+        double e_prev = e;
+        e = ref[k] - (v + noise[k]);
+        double d = k == 0 ? 0.0 : (e - e_prev) / ts;
         double s = cp[C_KP] * e + cp[C_KI] * z + cp[C_KD] * d + cp[C_FF] * ref[k];
         double u = s >= 0.0 ? s : alpha * s;
+        double a = py_min(py_max(u, lo), hi);
+        if (cp[C_INTEGRATE] != 0.0)
+            z = z + ts * (e + cp[C_AW_GAIN] * (phi_inv(a, alpha) - s));
         if (!(isfinite(u) && isfinite(z))) {
             for (long i = k * N_OUT; i < n1 * N_OUT; i++) out[i] = NAN;
             return k;
         }
-        double a = py_min(py_max(u, lo), hi);
-        if (ki != 0.0) z += ts * (e + (kaw / ki) * (a - s));
         double *row = out + k * N_OUT;
         row[0] = p;
         row[1] = v;
-        row[2] = has_lag ? f : actuator_force(a, v, pp);
+        row[2] = lag ? f : actuator(a, v, pp);
         row[3] = u;
         row[4] = a;
         if (k == n) break;
-        plant_interval(&p, &v, &f, a, k * ts, ts, substeps, pp, pr);
+        plant_interval(&p, &v, &f, a, k * ts, ts, substeps, pp, pr, &cache);
         if (!(isfinite(p) && isfinite(v) && isfinite(f) && fabs(v) <= v_limit)) {
             for (long i = (k + 1) * N_OUT; i < n1 * N_OUT; i++) out[i] = NAN;
             return k + 1;
         }
-        e_prev = e;
     }
     return -1;
 }
 
-void rollout_batch(long b, const double *pp, const double *cp, double v0,
+void rollout_batch(long b, const double *pp, const double *cp, long n_ctrl, double v0,
                    const double *ref, const double *noise, long n1, double ts,
                    long substeps, const double *gx, const double *gth, long ng,
                    int by_time, const double *ev, long nev, double v_limit,
@@ -212,7 +277,7 @@ void rollout_batch(long b, const double *pp, const double *cp, double v0,
     Profile pr = {gx, gth, ng, by_time, ev, nev};
     for (long i = 0; i < b; i++) {
         int feas;
-        diverged_at[i] = rollout(pp + i * N_PLANT, cp + i * N_CTRL, v0, ref, noise, n1,
+        diverged_at[i] = rollout(pp + i * N_PLANT, cp + i * n_ctrl, v0, ref, noise, n1,
                                  ts, substeps, &pr, v_limit, out + i * n1 * N_OUT, &feas);
         feasible[i] = (unsigned char)feas;
     }
@@ -241,7 +306,8 @@ def build_c(workdir: str, index: int, flags: list[str]) -> ctypes.CDLL:
     arr = np.ctypeslib.ndpointer(dtype=np.float64, flags="C_CONTIGUOUS")
     lib.rollout_batch.restype = None
     lib.rollout_batch.argtypes = [
-        ctypes.c_long, arr, arr, dbl, arr, arr, ctypes.c_long, dbl, ctypes.c_long,
+        ctypes.c_long, arr, arr, ctypes.c_long, dbl, arr, arr, ctypes.c_long, dbl,
+        ctypes.c_long,
         arr, arr, ctypes.c_long, ctypes.c_int, arr, ctypes.c_long, dbl, arr,
         np.ctypeslib.ndpointer(dtype=np.int64, flags="C_CONTIGUOUS"),
         np.ctypeslib.ndpointer(dtype=np.uint8, flags="C_CONTIGUOUS"),
@@ -254,22 +320,21 @@ ALPHAS = np.linspace(0.0, 1.0, 16)
 KPS = np.linspace(40.0, 160.0, 16)   # N/(m/s)
 
 
-def make_workload(duration: float):
+def make_workload(duration: float, ts: float = 0.01, substeps: int = 10,
+                  alphas=ALPHAS, kps=KPS):
     """A robot scenario with a grade, a payload event and a set-speed change,
-    and 256 parameter sets (16 alphas x 16 proportional gains, C order as in
-    :func:`ctrlsim.sweep`)."""
+    and one row per (alpha, kp) pair (C order as in :func:`ctrlsim.sweep`)."""
     sc = Scenario(reference=Reference([(0.0, 2.0), (duration / 2, 1.0)]),
-                  duration=duration, control_period=0.01, substeps=10,
+                  duration=duration, control_period=ts, substeps=substeps,
                   initial_speed=1.0, plant=make_plant("robot"),
                   road=Road(((5.0, 0.0), (15.0, -3.0), (40.0, -3.0), (50.0, 2.0))),
                   events=(Event(at=duration / 4, payload=5.0),))
     base = sc.resolved_controller()
     ctls = [LeakyReLUController(alpha=alpha, kp=kp, ki=base.ki, kd=base.kd, kaw=base.kaw,
                                 feedforward=base.feedforward)
-            for alpha in ALPHAS for kp in KPS]
+            for alpha in alphas for kp in kps]
     pp = np.array([sc.plant.pack()] * len(ctls))
-    cp = np.array([c.pack() for c in ctls])
-    return sc, pp, cp, sc.pack()
+    return sc, pp, pack_controllers(ctls), sc.pack()
 
 
 def car_workload():
@@ -281,18 +346,22 @@ def car_workload():
     ctls = [ctrlsim.controller(spec).resolve(None, "car")
             for spec in ("relu", "leaky:0.3", "linear,kaw=0")]
     pp = np.array([sc.plant.pack()] * len(ctls))
-    return sc, pp, np.array([c.pack() for c in ctls]), sc.pack()
+    return sc, pp, pack_controllers(ctls), sc.pack()
+
+
+def outputs(prof, rows):
+    """Output arrays for ``rows`` runs: (out, diverged_at, feasible)."""
+    return (np.empty((rows, prof.ref.size, len(K.OUT_FIELDS))), np.empty(rows, np.int64),
+            np.empty(rows, np.bool_))
 
 
 def run_numba(pp, cp, prof, out, div, feas):
-    K.rollout_batch(pp, cp, prof.v0, prof.ref, prof.noise, prof.ts, prof.substeps,
-                    prof.grade_x, prof.grade_th, prof.grade_by_time, prof.events,
-                    prof.v_limit, out, div, feas)
+    K.rollout_batch(pp, cp, prof, out, div, feas)
 
 
 def run_c(lib, pp, cp, prof, out, div, feas):
-    lib.rollout_batch(pp.shape[0], pp, cp, prof.v0, prof.ref, prof.noise, prof.ref.size,
-                      prof.ts, prof.substeps, prof.grade_x, prof.grade_th,
+    lib.rollout_batch(pp.shape[0], pp, cp, cp.shape[1], prof.v0, prof.ref, prof.noise,
+                      prof.ref.size, prof.ts, prof.substeps, prof.grade_x, prof.grade_th,
                       prof.grade_x.size, int(prof.grade_by_time),
                       np.ascontiguousarray(prof.events), prof.events.shape[0],
                       prof.v_limit, out, div, feas.view(np.uint8))
@@ -312,6 +381,90 @@ def cpu_model() -> str:
     return platform.processor()
 
 
+def check_c(name, lib, pp, cp, prof, ref):
+    """Run the C build on a workload and compare with the numba outputs ``ref``."""
+    out, div, feas = outputs(prof, pp.shape[0])
+    run_c(lib, pp, cp, prof, out, div, feas)
+    assert np.array_equal(div, ref[1]) and np.array_equal(feas, ref[2]), f"{name}: flags"
+    diff = float(np.max(np.abs(out[:, -1, 1] - ref[0][:, -1, 1])))
+    diff_all = float(np.nanmax(np.abs(out - ref[0])))
+    same = np.array_equal(out, ref[0], equal_nan=True)
+    assert same, (f"{name} and numba are not bit-identical (max |final speed diff| "
+                  f"{diff:.3g}, max |diff| {diff_all:.3g})")
+    return diff, diff_all
+
+
+def interleaved(variants: dict, repeats: int) -> dict[str, list[float]]:
+    """Time each ``(threads, fn)`` variant ``repeats`` times, round-robin."""
+    n_threads = numba.get_num_threads()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, (threads, fn) in variants.items():
+            numba.set_num_threads(threads or n_threads)
+            try:
+                times[name].append(timed(fn))
+            finally:
+                numba.set_num_threads(n_threads)
+    return times
+
+
+def lockstep_4096(libs, n_threads: int) -> None:
+    """The issue's measurement: 4096 vehicles, 5 RK4 substeps per 0.05 s period."""
+    alphas = np.linspace(0.0, 1.0, 64)
+    kps = np.linspace(20.0, 160.0, 64)
+    sc, pp, cp, prof = make_workload(BIG_DURATION, ts=0.05, substeps=5, alphas=alphas,
+                                     kps=kps)
+    rows, n, sub = pp.shape[0], sc.n_steps, sc.substeps
+    res = outputs(prof, rows)
+    run_numba(pp, cp, prof, *res)   # warm-up (compiled above already)
+    assert not (res[1] >= 0).any(), "a row diverged; pick another workload"
+    # Lockstep batch == the single-run kernel, bit for bit (a sample of rows).
+    for i in np.linspace(0, rows - 1, 9).astype(int):
+        single = np.empty((prof.ref.size, len(K.OUT_FIELDS)))
+        assert K.rollout(pp[i], cp[i], prof, single)[0] == -1
+        assert np.array_equal(single, res[0][i]), f"row {i}: rollout_batch != rollout"
+    c_name, c_lib = list(libs.items())[-1]
+    check_c(c_name, c_lib, pp[:64], cp[:64], prof,
+            tuple(r[:64] for r in res))
+    c_rows = 512   # C is single-threaded and linear in rows: time a slice, scale up
+    c_res = outputs(prof, c_rows)
+    variants = {
+        f"numba rollout_batch, {n_threads} threads": (n_threads,
+                                                       lambda: run_numba(pp, cp, prof, *res)),
+        "numba rollout_batch, 1 thread": (1, lambda: run_numba(pp, cp, prof, *res)),
+        f"{c_name} (1 thread, {c_rows} rows x {rows // c_rows})": (
+            None, lambda: run_c(c_lib, pp[:c_rows], cp[:c_rows], prof, *c_res)),
+    }
+    times = interleaved(variants, REPEATS)
+    best = {name: min(ts) for name, ts in times.items()}
+    c_key = list(variants)[-1]
+    best[c_key] *= rows / c_rows
+    work, steps = rows * n * sub, rows * n
+    print(f"\n## Lockstep batch: {rows} vehicles, {sub} RK4 substeps per "
+          f"{sc.control_period:g} s control period, {sc.duration:g} s robot scenario\n")
+    print(f"{rows} rows (64 alphas x 64 kp) x {n} control periods x {sub} substeps = "
+          f"{work / 1e6:.1f} M substeps = {steps / 1e6:.2f} M env-steps (vehicle control "
+          f"periods); best of {REPEATS}, variants interleaved; grade profile, payload "
+          "event, set-speed change; outputs written for every period.\n")
+    print("| variant | best s | all runs s | M RK4 substeps/s | M env-steps/s |")
+    print("|---|---:|---|---:|---:|")
+    for name, ts in times.items():
+        scale = rows / c_rows if name == c_key else 1.0
+        runs = " ".join(f"{t * scale:.3f}" for t in ts)
+        print(f"| {name} | {best[name]:.3f} | {runs} | {work / best[name] / 1e6:.1f} | "
+              f"{steps / best[name] / 1e6:.2f} |")
+    two, one = best[list(variants)[0]], best[list(variants)[1]]
+    rate = work / two / 1e6
+    print(f"\n- M RK4 substeps/s on {n_threads} threads: {rate:.1f} (target >= "
+          f"{TARGET_SUBSTEPS / 1e6:g}: {'met' if rate * 1e6 >= TARGET_SUBSTEPS else 'NOT met'})")
+    print(f"- M env-steps/s on {n_threads} threads: {steps / two / 1e6:.2f}")
+    scaling = one / two
+    print(f"- 1 -> {n_threads} thread scaling: {scaling:.2f}x (target >= {TARGET_SCALING}x: "
+          f"{'met' if scaling >= TARGET_SCALING else 'NOT met'})")
+    print(f"- numba {n_threads} threads vs {c_name} single thread: "
+          f"{best[c_key] / two:.2f}x")
+
+
 def main() -> None:
     if shutil.which("gcc") is None:
         sys.exit("gcc not found")
@@ -320,79 +473,62 @@ def main() -> None:
           f"numpy {np.__version__}, {os.cpu_count()} CPUs ({cpu_model()}), "
           f"numba threads {n_threads}")
 
-    # Sized so that the fastest variant takes >= 1 s per measurement.
-    duration = 40.0
-    sc, pp, cp, prof = make_workload(duration)
+    sc, pp, cp, prof = make_workload(DURATION)
     rows, n, sub = pp.shape[0], sc.n_steps, sc.substeps
-    shape = (rows, prof.ref.size, len(K.OUT_FIELDS))
-    out_nb, out_c = np.empty(shape), np.empty(shape)
-    div_nb, div_c = np.empty(rows, np.int64), np.empty(rows, np.int64)
-    feas_nb, feas_c = np.empty(rows, np.bool_), np.empty(rows, np.bool_)
+    res_nb, res_c = outputs(prof, rows), outputs(prof, rows)
 
     with tempfile.TemporaryDirectory(prefix="ctrlsim_bench_c_") as tmp:
         libs = {name: build_c(tmp, i + 1, flags)
                 for i, (name, flags) in enumerate(C_BUILDS.items())}
         for name, lib in libs.items():
-            print(f"{name}: {lib.command}")
+            print(f"{name}: `{lib.command}`")
 
         # Warm up numba (compile or load from cache) and check equality.
         _, car_pp, car_cp, car_prof = car_workload()
-        car = [(np.empty((3, car_prof.ref.size, 5)), np.empty(3, np.int64),
-                np.empty(3, np.bool_)) for _ in range(2)]
-        run_numba(car_pp, car_cp, car_prof, *car[0])
-        for lib in libs.values():
-            run_c(lib, car_pp, car_cp, car_prof, *car[1])
-            assert np.array_equal(car[0][0], car[1][0], equal_nan=True), "car: C != numba"
-        run_numba(pp, cp, prof, out_nb, div_nb, feas_nb)
-        assert not (div_nb >= 0).any(), "a row diverged; pick another workload"
+        car_nb = outputs(car_prof, 3)
+        run_numba(car_pp, car_cp, car_prof, *car_nb)
+        run_numba(pp, cp, prof, *res_nb)
+        assert not (res_nb[1] >= 0).any(), "a row diverged; pick another workload"
         for name, lib in libs.items():
-            run_c(lib, pp, cp, prof, out_c, div_c, feas_c)
-            assert np.array_equal(div_c, div_nb) and np.array_equal(feas_c, feas_nb)
-            diff = np.max(np.abs(out_c[:, -1, 1] - out_nb[:, -1, 1]))
-            diff_all = np.nanmax(np.abs(out_c - out_nb))
-            print(f"{name} vs numba: max |final speed diff| = {diff:.3g} m/s, "
-                  f"max |diff| over all outputs = {diff_all:.3g}")
-            assert diff <= FINAL_SPEED_TOL, f"C and numba disagree: {diff}"
+            check_c(name, lib, car_pp, car_cp, car_prof, car_nb)
+            diff, diff_all = check_c(name, lib, pp, cp, prof, res_nb)
+            print(f"{name} vs numba (robot, {rows} rows, and car, 3 rows): bit-identical "
+                  f"(max |final speed diff| = {diff:.3g} m/s, max |diff| = {diff_all:.3g})")
 
         res = ctrlsim.sweep(sc, {"alpha": ALPHAS, "kp": KPS})
         sweep_final = np.array([tr.speed[-1] for tr in res.trajectories])
-        assert np.array_equal(sweep_final, out_nb[:, -1, 1]), "sweep and rollout_batch differ"
+        assert np.array_equal(sweep_final, res_nb[0][:, -1, 1]), "sweep != rollout_batch"
 
-        # Interleave the variants so load from other processes hits all alike.
-        variants = {f"numba rollout_batch, {n_threads} threads": ("nb", n_threads),
-                    "numba rollout_batch, 1 thread": ("nb", 1),
-                    f"ctrlsim.sweep (+ metrics), {n_threads} thr": ("sweep", None)}
-        variants.update({name: ("c", lib) for name, lib in libs.items()})
-        times: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(REPEATS):
-            for name, (kind, arg) in variants.items():
-                if kind == "nb":
-                    numba.set_num_threads(arg)
-                    times[name].append(
-                        timed(lambda: run_numba(pp, cp, prof, out_nb, div_nb, feas_nb)))
-                    numba.set_num_threads(n_threads)
-                elif kind == "sweep":
-                    times[name].append(
-                        timed(lambda: ctrlsim.sweep(sc, {"alpha": ALPHAS, "kp": KPS})))
-                else:
-                    times[name].append(
-                        timed(lambda arg=arg: run_c(arg, pp, cp, prof, out_c, div_c, feas_c)))
+        variants = {
+            f"numba rollout_batch, {n_threads} threads": (
+                n_threads, lambda: run_numba(pp, cp, prof, *res_nb)),
+            "numba rollout_batch, 1 thread": (1, lambda: run_numba(pp, cp, prof, *res_nb)),
+            f"ctrlsim.sweep (+ metrics), {n_threads} thr": (
+                n_threads, lambda: ctrlsim.sweep(sc, {"alpha": ALPHAS, "kp": KPS})),
+        }
+        variants.update({name: (None, lambda lib=lib: run_c(lib, pp, cp, prof, *res_c))
+                         for name, lib in libs.items()})
+        times = interleaved(variants, REPEATS)
 
-    work = rows * n * sub
-    print(f"\nworkload: {rows} rows x {n} control periods x {sub} RK4 substeps "
-          f"= {work / 1e6:.1f} M substeps; best of {REPEATS}")
-    best = {name: min(ts) for name, ts in times.items()}
-    c_best = min(best[name] for name in C_BUILDS)
-    print(f"{'variant':<34} {'best s':>8} {'all runs s':>22} {'M substeps/s':>13} "
-          f"{'vs fastest C':>13}")
-    for name, ts in times.items():
-        runs = " ".join(f"{t:.2f}" for t in ts)
-        print(f"{name:<34} {best[name]:8.3f} {runs:>22} {work / best[name] / 1e6:13.2f} "
-              f"{c_best / best[name]:12.2f}x")
-    ratio = c_best / best[f"numba rollout_batch, {n_threads} threads"]
-    verdict = "met" if ratio >= TARGET else "NOT met"
-    print(f"\nnumba on {n_threads} threads vs fastest single-thread C: {ratio:.2f}x "
-          f"(target >= {TARGET}x: {verdict})")
+        work = rows * n * sub
+        print(f"\n## Batch rollouts vs C: {rows} rows x {n} control periods x {sub} RK4 "
+              f"substeps = {work / 1e6:.1f} M substeps\n")
+        print(f"Robot, {sc.duration:g} s at {sc.control_period * 1e3:g} ms, grade profile, "
+              f"payload event, set-speed change; best of {REPEATS}, variants interleaved.\n")
+        best = {name: min(ts) for name, ts in times.items()}
+        c_best = min(best[name] for name in C_BUILDS)
+        print("| variant | best s | all runs s | M substeps/s | vs fastest C |")
+        print("|---|---:|---|---:|---:|")
+        for name, ts in times.items():
+            runs = " ".join(f"{t:.2f}" for t in ts)
+            print(f"| {name} | {best[name]:.3f} | {runs} | {work / best[name] / 1e6:.2f} | "
+                  f"{c_best / best[name]:.2f}x |")
+        ratio = c_best / best[f"numba rollout_batch, {n_threads} threads"]
+        verdict = "met" if ratio >= TARGET else "NOT met"
+        print(f"\n- numba on {n_threads} threads vs fastest single-thread C: {ratio:.2f}x "
+              f"(target >= {TARGET}x: {verdict})")
+
+        lockstep_4096(libs, n_threads)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ own bytecode cache and the OS file cache are warm in both cases.
 
 Each child process reports its own ``import ctrlsim`` and first-call times
 (``time.perf_counter``); the parent adds the wall time of the whole process,
-interpreter start-up included. Best of 3 (3 fresh cache directories for cold).
-``python -m ctrlsim --help`` is timed too when the package has a CLI.
+interpreter start-up included. Best of 2 (2 fresh cache directories for cold).
+``python -m ctrlsim --help`` and the real ``ctrlsim compare decel -c relu -c
+leaky:0.1 -c linear`` console script (a full CLI job, cold: it compiles ``rollout``)
+are timed too when the package has a CLI.
 
 Run: ``python benchmarks/bench_startup.py``
 """
@@ -18,12 +20,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
-REPEATS = 3
+REPEATS = 2
+COMPARE = ["compare", "decel", "-c", "relu", "-c", "leaky:0.1", "-c", "linear"]
 
 _PRELUDE = "import time; t0 = time.perf_counter(); import ctrlsim; t1 = time.perf_counter()\n"
 _REPORT = ("import json; print(json.dumps({'import': t1 - t0, "
@@ -57,6 +61,12 @@ def run(args: list[str], cache_dir: str) -> tuple[float, dict | None]:
         return wall, None
 
 
+def console_script() -> str | None:
+    """The installed ``ctrlsim`` console script of this interpreter's environment."""
+    beside = os.path.join(os.path.dirname(sys.executable), "ctrlsim")
+    return beside if os.access(beside, os.X_OK) else shutil.which("ctrlsim")
+
+
 def has_cli() -> bool:
     spec = importlib.util.find_spec("ctrlsim")
     pkg_dir = os.path.dirname(spec.origin)
@@ -82,6 +92,11 @@ def main() -> None:
     cases = {name: [sys.executable, "-c", code] for name, code in CASES.items()}
     if has_cli():
         cases["python -m ctrlsim --help"] = [sys.executable, "-m", "ctrlsim", "--help"]
+        script = console_script()
+        if script:
+            cases["CLI `ctrlsim " + " ".join(COMPARE) + "`"] = [script, *COMPARE]
+        else:
+            print("`ctrlsim` console script not found: skipping the CLI compare job")
     else:
         print("ctrlsim/cli.py not found: skipping `python -m ctrlsim --help`")
 
@@ -102,23 +117,25 @@ def main() -> None:
 
     print(f"python {sys.version.split()[0]} ({sys.executable}); "
           f"empty interpreter (`python -c pass`): best {min(baseline):.3f} s")
-    print(f"best of {REPEATS}; wall = whole child process; import / first call = "
-          "measured inside the child\n")
-    print(f"{'case':<30} {'cache':<5} {'wall s':>8} {'import s':>9} {'first call s':>13}"
-          f" {'all wall s':>20}")
+    print(f"\n## Start-up: cold vs warm numba cache (best of {REPEATS}, fresh processes)\n")
+    print("wall = whole child process; import / first call = measured inside the child; "
+          "cold = fresh empty `NUMBA_CACHE_DIR`, warm = the same directory again.\n")
+    print("| case | cache | wall s | import s | first call s | all wall s |")
+    print("|---|---|---:|---:|---:|---|")
     for (name, state), runs in results.items():
         best_wall, best_info = min(runs, key=lambda r: r[0])
         imp = f"{min(r[1]['import'] for r in runs):.3f}" if best_info else "-"
         call = (f"{min(r[1]['call'] for r in runs):.3f}"
                 if best_info and name != "import ctrlsim" else "-")
         walls = " ".join(f"{r[0]:.2f}" for r in runs)
-        print(f"{name:<30} {state:<5} {best_wall:8.3f} {imp:>9} {call:>13} {walls:>20}")
+        print(f"| {name} | {state} | {best_wall:.3f} | {imp} | {call} | {walls} |")
 
-    print("\ncold / warm wall-time ratio:")
+    print("\n| case | cold s | warm s | cold / warm |")
+    print("|---|---:|---:|---:|")
     for name in cases:
         cold = min(r[0] for r in results[(name, "cold")])
         warm = min(r[0] for r in results[(name, "warm")])
-        print(f"  {name:<30} {cold / warm:6.2f}x  (cold {cold:.2f} s, warm {warm:.2f} s)")
+        print(f"| {name} | {cold:.2f} | {warm:.2f} | {cold / warm:.2f}x |")
 
     print("\nslowest top-level imports under `import ctrlsim` (python -X importtime, "
           "cumulative, one run):")
