@@ -326,7 +326,8 @@ def equilibrium_command(v0, pp, prof):
     start. The returned command is clipped to the actuator's range; the flag
     says whether clipping (or a dead engine) was needed.
     """
-    _, _, th, _ = road_segment(0.0, prof.grade_x, prof.grade_th)
+    r_lo, _, th_lo, slope = road_segment(0.0, prof.grade_x, prof.grade_th)
+    th = _theta(0.0, r_lo, th_lo, slope)
     _, _, payload, f_ext = event_window(0.0, prof.events)
     m = pp[P_MASS] + payload
     f_req = (_resistance(v0, m, math.cos(th), pp[P_G], pp[P_CR], pp[P_DLIN],
@@ -519,7 +520,6 @@ def advance_batch(p, v, f, a, t0, dt, substeps, plant, prof, work):
     pieces between calls). ``p, v, f`` (nb,) are updated in place.
     """
     nb = p.shape[0]
-    car = plant[P_KIND, 0] == KIND_CAR
     sp, sv, sf = work[0, :nb], work[1, :nb], work[2, :nb]
     ap, av, af = work[3, :nb], work[4, :nb], work[5, :nb]
     sn, cs, inv_tau = work[6, :nb], work[7, :nb], work[8, :nb]
@@ -528,9 +528,17 @@ def advance_batch(p, v, f, a, t0, dt, substeps, plant, prof, work):
     # A road with one grade everywhere needs no per-stage lookups.
     flat = gx.shape[0] <= 1 or np.all(gth == gth[0])
     by_time = prof.grade_by_time
-    tau = plant[P_TAU]
+    mass, g, cr, dlin, dquad = (plant[P_MASS], plant[P_G], plant[P_CR], plant[P_DLIN],
+                                plant[P_DQUAD])
+    tau, gr, tmax = plant[P_TAU], plant[P_GEAR_RATIO], plant[P_TMAX]
+    wmax, beta, brake = plant[P_WMAX], plant[P_BETA], plant[P_BRAKE]
     for i in range(nb):
         inv_tau[i] = 1.0 / tau[i] if tau[i] > 0.0 else 0.0
+    kind = plant[P_KIND]
+    if np.all(kind == kind[0]):
+        spans = [(0, nb, kind[0] == KIND_CAR)]
+    else:
+        spans = [(i, i + 1, kind[i] == KIND_CAR) for i in range(nb)]
     h = dt / substeps
     hh, h6, eps = 0.5 * h, h / 6.0, _STAGE_EPS * h
     e_lo, e_hi, payload, f_ext = -_INF, -_INF, 0.0, 0.0
@@ -553,10 +561,15 @@ def advance_batch(p, v, f, a, t0, dt, substeps, plant, prof, work):
                 tbuf[0] = ts
                 _road_pass(not by_time, sp if not by_time else tbuf, seg, sn, cs,
                            gx, gth, nb)
-            _stage_rows(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau,
-                        payload, f_ext, car, plant[P_MASS], plant[P_G], plant[P_CR],
-                        plant[P_DLIN], plant[P_DQUAD], tau, plant[P_GEAR_RATIO],
-                        plant[P_TMAX], plant[P_WMAX], plant[P_BETA], plant[P_BRAKE])
+            # ``car`` must be loop-invariant for the stage loop to vectorise, so
+            # a block mixing presets (rare) runs one row at a time.
+            for lo, hi, car in spans:
+                _stage_rows(c, h, p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], sp[lo:hi],
+                            sv[lo:hi], sf[lo:hi], ap[lo:hi], av[lo:hi], af[lo:hi],
+                            sn[lo:hi], cs[lo:hi], inv_tau[lo:hi], payload, f_ext, car,
+                            mass[lo:hi], g[lo:hi], cr[lo:hi], dlin[lo:hi], dquad[lo:hi],
+                            tau[lo:hi], gr[lo:hi], tmax[lo:hi], wmax[lo:hi], beta[lo:hi],
+                            brake[lo:hi])
         for i in range(nb):
             p[i] += h6 * ap[i]
             v[i] += h6 * av[i]

@@ -170,3 +170,34 @@ def test_kernels_load_from_the_disk_cache_in_a_fresh_process(tmp_path):
     misses, hits = run()
     assert int(first_misses) > 0
     assert (int(misses), int(hits)) == (0, 2)
+
+
+def test_batch_mixing_robot_and_car_rows_equals_single_runs():
+    sc = Scenario(reference=Reference([(1.0, 2.5)]), duration=5.0, control_period=0.05,
+                  substeps=5, initial_speed=2.0)
+    robot, car = make_plant("robot"), make_plant("car")
+    plants = [robot, car, robot, car, car, robot]
+    ctls = [ctrlsim.controller(s).resolve(None, p.preset) for s, p in
+            zip(["linear", "relu", "leaky:0.2", "linear", "leaky:0.5", "relu"], plants)]
+    prof = sc.pack()
+    pp = np.array([p.pack() for p in plants])
+    cp = pack_controllers(ctls)
+    out = np.empty((len(plants), prof.ref.size, 5))
+    div = np.empty(len(plants), np.int64)
+    feas = np.empty(len(plants), np.bool_)
+    K.rollout_batch(pp, cp, prof, out, div, feas)
+    for i in range(len(plants)):
+        single = np.empty((prof.ref.size, 5))
+        K.rollout(pp[i], cp[i], prof, single)
+        assert np.array_equal(single, out[i], equal_nan=True), i
+
+
+def test_equilibrium_start_uses_the_grade_at_the_start_inside_a_ramp():
+    # The road ramps from 0 to 4 degrees across x = 0: the grade there is 2 degrees.
+    sc = Scenario(reference=Reference([(0.0, 1.0)]), duration=2.0, initial_speed=1.0,
+                  road=Road(((-10.0, 0.0), (10.0, 4.0))))
+    plain = Scenario(reference=Reference([(0.0, 1.0)]), duration=2.0, initial_speed=1.0,
+                     road=Road(((0.0, 2.0),)))
+    a0, ok = K.equilibrium_command(1.0, sc.plant.pack(), sc.pack())
+    b0, _ = K.equilibrium_command(1.0, plain.plant.pack(), plain.pack())
+    assert ok and a0 == pytest.approx(b0, rel=1e-12)
