@@ -321,8 +321,10 @@ def _write_rows_csv(rows: list[dict], target: Path) -> None:
 def _progress(total: int):
     from tqdm import tqdm
 
-    # delay: only runs that take over a second get a bar (on stderr).
-    return tqdm(total=total, unit="run", delay=1.0, file=sys.stderr, leave=False)
+    # delay: only runs that take over a second get a bar, and only on a terminal
+    # (a log file or a pipe gets no carriage-return noise).
+    return tqdm(total=total, unit="run", delay=1.0, file=sys.stderr, leave=False,
+                disable=not sys.stderr.isatty())
 
 
 # --------------------------------------------------------------------------
