@@ -184,6 +184,15 @@ def _force_rates(f, f_target, lag, inv_tau):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _slopes(sv, sf, a, m, inv_m, sn, cs, f_ext, car, lag, inv_tau, g, cr, dlin, dquad,
+            gr, tmax, wmax, beta, brake):
+    """(dv/dt, dF/dt) at one RK4 stage: the right-hand side every path evaluates."""
+    f_target = _actuator(a, sv, car, gr, tmax, wmax, beta, brake)
+    force, dfv = _force_rates(sf, f_target, lag, inv_tau)
+    return _accel(sv, force, m, inv_m, sn, cs, f_ext, g, cr, dlin, dquad), dfv
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _theta(x, seg_lo, th_lo, slope):
     """Grade (rad) at ``x`` on the linear road piece starting at ``seg_lo``."""
     return th_lo if slope == 0.0 else th_lo + slope * (x - seg_lo)
@@ -299,11 +308,11 @@ def plant_interval(p, v, f, a, t0, dt, substeps, pp, prof, cache):
             inv_m = 1.0 / m
             # Specialised at the call site, so the robot's loop skips the engine.
             if car:
-                f_target = _actuator(a, sv, True, gr, tmax, wmax, beta, brake)
+                dvv, dfv = _slopes(sv, sf, a, m, inv_m, sn, cs, f_ext, True, lag, inv_tau,
+                                   g, cr, dlin, dquad, gr, tmax, wmax, beta, brake)
             else:
-                f_target = _actuator(a, sv, False, gr, tmax, wmax, beta, brake)
-            force, dfv = _force_rates(sf, f_target, lag, inv_tau)
-            dvv = _accel(sv, force, m, inv_m, sn, cs, f_ext, g, cr, dlin, dquad)
+                dvv, dfv = _slopes(sv, sf, a, m, inv_m, sn, cs, f_ext, False, lag, inv_tau,
+                                   g, cr, dlin, dquad, gr, tmax, wmax, beta, brake)
             dpv = sv
             w = 1.0 if (c == 0 or c == 3) else 2.0
             if c == 0:
@@ -505,17 +514,98 @@ def _stage_rows(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau, paylo
     first = c == 0
     for i in range(p.shape[0]):
         vi = sv[i]
-        f_target = _actuator(a[i], vi, car, gr[i], tmax[i], wmax[i], beta[i], brake[i])
-        force, dfv = _force_rates(sf[i], f_target, tau[i] > 0.0, inv_tau[i])
         m = mass[i] + payload
-        dvv = _accel(vi, force, m, 1.0 / m, sn[i], cs[i], f_ext, g[i], cr[i],
-                     dlin[i], dquad[i])
+        dvv, dfv = _slopes(vi, sf[i], a[i], m, 1.0 / m, sn[i], cs[i], f_ext, car,
+                           tau[i] > 0.0, inv_tau[i], g[i], cr[i], dlin[i], dquad[i],
+                           gr[i], tmax[i], wmax[i], beta[i], brake[i])
         ap[i] = vi if first else ap[i] + w * vi
         av[i] = dvv if first else av[i] + w * dvv
         af[i] = dfv if first else af[i] + w * dfv
         sp[i] = p[i] + step * vi
         sv[i] = v[i] + step * dvv
         sf[i] = f[i] + step * dfv
+
+
+@njit(cache=True, error_model="numpy")
+def _substep_rows(h, p, v, f, a, inv_tau, pay, fext, sn, cs, car, mass, g, cr, dlin,
+                  dquad, tau, gr, tmax, wmax, beta, brake):
+    """One whole RK4 substep for every vehicle, the four stages in registers.
+
+    For roads whose grade does not depend on the vehicle's position (flat, or
+    given in time), the stage inputs ``pay, fext, sn, cs`` (4,) are the same
+    for every vehicle, so a row needs its state loaded and stored once per
+    substep. Same operations, in the same order, as :func:`plant_interval`.
+    """
+    hh, h6 = 0.5 * h, h / 6.0
+    for i in range(p.shape[0]):
+        pi, vi, fi, ai = p[i], v[i], f[i], a[i]
+        lag, it = tau[i] > 0.0, inv_tau[i]
+        gi, ci, dl, dq = g[i], cr[i], dlin[i], dquad[i]
+        ri, ti, wi, bi, ki = gr[i], tmax[i], wmax[i], beta[i], brake[i]
+        m0, m1, m2, m3 = mass[i] + pay[0], mass[i] + pay[1], mass[i] + pay[2], mass[i] + pay[3]
+        inv0, inv1, inv2, inv3 = 1.0 / m0, 1.0 / m1, 1.0 / m2, 1.0 / m3
+        k1v, k1f = _slopes(vi, fi, ai, m0, inv0, sn[0], cs[0], fext[0], car, lag, it,
+                           gi, ci, dl, dq, ri, ti, wi, bi, ki)
+        acc_p, acc_v, acc_f = vi, k1v, k1f
+        sv, sf = vi + hh * k1v, fi + hh * k1f
+        k2v, k2f = _slopes(sv, sf, ai, m1, inv1, sn[1], cs[1], fext[1], car, lag, it,
+                           gi, ci, dl, dq, ri, ti, wi, bi, ki)
+        acc_p += 2.0 * sv
+        acc_v += 2.0 * k2v
+        acc_f += 2.0 * k2f
+        sv2, sf = vi + hh * k2v, fi + hh * k2f
+        k3v, k3f = _slopes(sv2, sf, ai, m2, inv2, sn[2], cs[2], fext[2], car, lag, it,
+                           gi, ci, dl, dq, ri, ti, wi, bi, ki)
+        acc_p += 2.0 * sv2
+        acc_v += 2.0 * k3v
+        acc_f += 2.0 * k3f
+        sv3, sf = vi + h * k3v, fi + h * k3f
+        k4v, k4f = _slopes(sv3, sf, ai, m3, inv3, sn[3], cs[3], fext[3], car, lag, it,
+                           gi, ci, dl, dq, ri, ti, wi, bi, ki)
+        acc_p += 1.0 * sv3
+        acc_v += 1.0 * k4v
+        acc_f += 1.0 * k4f
+        p[i] = pi + h6 * acc_p
+        v[i] = vi + h6 * acc_v
+        f[i] = fi + h6 * acc_f
+
+
+@njit(cache=True, error_model="numpy")
+def _advance_fused(p, v, f, a, t0, h, substeps, plant, inv_tau, spans, prof, flat):
+    """:func:`advance_batch` when the grade does not depend on position."""
+    eps = _STAGE_EPS * h
+    gx, gth = prof.grade_x, prof.grade_th
+    pay, fext, sn, cs = np.empty(4), np.empty(4), np.empty(4), np.empty(4)
+    e_lo, e_hi, payload, f_ext = -_INF, -_INF, 0.0, 0.0
+    r_lo, r_hi, th_lo, slope = -_INF, -_INF, 0.0, 0.0
+    sn0, cs0 = 0.0, 1.0
+    for j in range(substeps):
+        ta = t0 + j * h
+        # The stage inputs, exactly as plant_interval evaluates them.
+        for c in range(4):
+            ts = ta + eps if c == 0 else (ta + h - eps if c == 3 else ta + 0.5 * h)
+            if not (e_lo <= ts < e_hi):
+                e_lo, e_hi, payload, f_ext = event_window(ts, prof.events)
+            x = 0.0 if flat else ts
+            if not (r_lo <= x < r_hi):
+                r_lo, r_hi, th_lo, slope = road_segment(x, gx, gth)
+                if flat:
+                    r_lo, r_hi = -_INF, _INF
+                sn0, cs0 = math.sin(th_lo), math.cos(th_lo)
+            if slope == 0.0:
+                sn[c], cs[c] = sn0, cs0
+            else:
+                th = _theta(x, r_lo, th_lo, slope)
+                sn[c], cs[c] = math.sin(th), math.cos(th)
+            pay[c], fext[c] = payload, f_ext
+        for lo, hi, car in spans:
+            _substep_rows(h, p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], inv_tau[lo:hi], pay,
+                          fext, sn, cs, car, plant[P_MASS, lo:hi],
+                          plant[P_G, lo:hi],
+                          plant[P_CR, lo:hi], plant[P_DLIN, lo:hi], plant[P_DQUAD, lo:hi],
+                          plant[P_TAU, lo:hi], plant[P_GEAR_RATIO, lo:hi],
+                          plant[P_TMAX, lo:hi], plant[P_WMAX, lo:hi], plant[P_BETA, lo:hi],
+                          plant[P_BRAKE, lo:hi])
 
 
 @njit(cache=True, error_model="numpy")
@@ -550,6 +640,9 @@ def advance_batch(p, v, f, a, t0, dt, substeps, plant, prof, work):
     h = dt / substeps
     hh, h6, eps = 0.5 * h, h / 6.0, _STAGE_EPS * h
     e_lo, e_hi, payload, f_ext = -_INF, -_INF, 0.0, 0.0
+    if flat or by_time:
+        _advance_fused(p, v, f, a, t0, h, substeps, plant, inv_tau, spans, prof, flat)
+        return
     tbuf = np.empty(1)
     for j in range(substeps):
         ta = t0 + j * h

@@ -201,3 +201,23 @@ def test_equilibrium_start_uses_the_grade_at_the_start_inside_a_ramp():
     a0, ok = K.equilibrium_command(1.0, sc.plant.pack(), sc.pack())
     b0, _ = K.equilibrium_command(1.0, plain.plant.pack(), plain.pack())
     assert ok and a0 == pytest.approx(b0, rel=1e-12)
+
+
+def test_batch_equals_single_on_a_time_graded_road_with_events():
+    # Grade given in time: the batch takes its fused path (all four RK4 stages in
+    # registers); an event ends inside a substep.
+    sc = Scenario(reference=Reference([(1.0, 2.5)]), duration=8.0, control_period=0.02,
+                  substeps=3, initial_speed=2.0,
+                  road=Road(((0.0, 0.0), (3.0, 3.0), (6.0, -2.0)), by="time"),
+                  events=(Event(at=2.0, until=5.013, payload=5.0, force=-3.0),))
+    ctls = [ctrlsim.controller(s).resolve(None, "robot") for s in ("relu", "leaky:0.2", "linear")]
+    pp = np.array([sc.plant.with_(mass=m).pack() for m in (20, 25, 30)])
+    prof = sc.pack()
+    out = np.empty((3, prof.ref.size, 5))
+    div = np.empty(3, np.int64)
+    feas = np.empty(3, np.bool_)
+    K.rollout_batch(pp, pack_controllers(ctls), prof, out, div, feas)
+    for i in range(3):
+        single = np.empty((prof.ref.size, 5))
+        K.rollout(pp[i], pack_controllers(ctls)[i], prof, single)
+        assert np.array_equal(single, out[i]), i
