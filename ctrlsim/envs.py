@@ -50,6 +50,10 @@ RANDOM_RANGES = {
 }
 
 
+# Row modes of kernels.step_batch.
+STEP, RESTART, HOLD = 0, 1, 2
+
+
 def default_substeps(control_period: float) -> int:
     """Smallest substep count giving RK4 substeps of at most 10 ms."""
     return max(1, math.ceil(control_period / MAX_SUBSTEP - 1e-9))
@@ -251,8 +255,8 @@ class CruiseControlEnv(gym.Env):
         self.scenario = self._core.scenario
         self.action_space, self.observation_space = _spaces()
         self.metadata = {**self.metadata, "render_fps": round(1.0 / self.scenario.control_period)}
-        self._reset_mask = np.ones(1, dtype=np.bool_)
-        self._step_mask = np.zeros(1, dtype=np.bool_)
+        self._reset_mode = np.full(1, RESTART, dtype=np.int8)
+        self._step_mode = np.full(1, STEP, dtype=np.int8)
         self._zero = np.zeros(1)
         self._trace: list[tuple[float, float, float, float]] = []
 
@@ -267,7 +271,7 @@ class CruiseControlEnv(gym.Env):
         super().reset(seed=seed)
         c = self._core
         c.prepare(0, self.np_random)
-        c.run(self._zero, self._reset_mask)
+        c.run(self._zero, self._reset_mode)
         if self.render_mode is not None:
             self._trace = []
             self._record()
@@ -275,7 +279,7 @@ class CruiseControlEnv(gym.Env):
 
     def step(self, action):
         c = self._core
-        c.run(c.action(action, self.action_space.shape), self._step_mask)
+        c.run(c.action(action, self.action_space.shape), self._step_mode)
         if self.render_mode is not None:
             self._record()
         return (c.obs[0].copy(), float(c.reward[0]), bool(c.terminated[0]),
@@ -355,7 +359,7 @@ class CruiseControlVectorEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self._rngs = [None] * self.num_envs
         self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
-        self._all = np.ones(self.num_envs, dtype=np.bool_)
+        self._all = np.full(self.num_envs, RESTART, dtype=np.int8)
         self._zero = np.zeros(self.num_envs)
 
     def reset(self, *, seed: int | list[int | None] | None = None,
@@ -384,10 +388,84 @@ class CruiseControlVectorEnv(VectorEnv):
     def step(self, actions):
         c = self._core
         act = c.action(actions, self.action_space.shape)
-        reset = self._autoreset.copy()
-        if c.randomize and reset.any():
-            for i in np.flatnonzero(reset):
+        mode = self._autoreset.astype(np.int8)      # STEP = 0, RESTART = 1
+        if c.randomize and mode.any():
+            for i in np.flatnonzero(mode):
                 c.prepare(int(i), self._rngs[i])
-        c.run(act, reset)
+        c.run(act, mode)
         np.logical_or(c.terminated, c.truncated, out=self._autoreset)
         return (c.obs.copy(), c.reward.copy(), c.terminated.copy(), c.truncated.copy(), {})
+
+    def restart_finished(self) -> np.ndarray:
+        """Restart now the sub-envs whose episode ended on the last step.
+
+        For same-step autoreset adapters (stable-baselines3): those sub-envs
+        start their next episode (as the next :meth:`step` would have done),
+        the others are left untouched. Returns the observations of all.
+        """
+        c = self._core
+        mode = np.where(self._autoreset, RESTART, HOLD).astype(np.int8)
+        if self._autoreset.any():
+            if c.randomize:
+                for i in np.flatnonzero(self._autoreset):
+                    c.prepare(int(i), self._rngs[i])
+            c.run(self._zero, mode)
+            self._autoreset[:] = False
+        return c.obs.copy()
+
+
+def sb3_vec_env(venv: CruiseControlVectorEnv):
+    """Wrap a :class:`CruiseControlVectorEnv` as a stable-baselines3 ``VecEnv``.
+
+    SB3 expects same-step autoreset: on a step that ends an episode the
+    sub-env restarts at once, its last observation goes to
+    ``infos[i]["terminal_observation"]`` and ``infos[i]["TimeLimit.truncated"]``
+    marks truncation. Needs the ``rl`` extra (imported lazily).
+    """
+    from stable_baselines3.common.vec_env.base_vec_env import VecEnv
+
+    class CruiseControlSB3VecEnv(VecEnv):
+        def __init__(self, venv):
+            self.venv = venv
+            self._actions = None
+            super().__init__(venv.num_envs, venv.single_observation_space,
+                             venv.single_action_space)
+
+        def reset(self):
+            seeds = self._seeds
+            seed = None if all(s is None for s in seeds) else seeds
+            obs, _ = self.venv.reset(seed=seed)
+            self._reset_seeds()
+            self._reset_options()
+            return obs
+
+        def step_async(self, actions):
+            self._actions = actions
+
+        def step_wait(self):
+            obs, rew, term, trunc, _ = self.venv.step(self._actions)
+            done = term | trunc
+            infos = [{} for _ in range(self.num_envs)]
+            if done.any():
+                for i in np.flatnonzero(done):
+                    infos[i]["terminal_observation"] = obs[i].copy()
+                    infos[i]["TimeLimit.truncated"] = bool(trunc[i] and not term[i])
+                obs = self.venv.restart_finished()
+            return obs, rew.astype(np.float32), done, infos
+
+        def close(self):
+            self.venv.close()
+
+        def get_attr(self, attr_name, indices=None):
+            return [getattr(self.venv, attr_name)] * len(self._get_indices(indices))
+
+        def set_attr(self, attr_name, value, indices=None):
+            setattr(self.venv, attr_name, value)
+
+        def env_method(self, method_name, *args, indices=None, **kwargs):
+            raise NotImplementedError("sub-envs are rows of one array, not objects")
+
+        def env_is_wrapped(self, wrapper_class, indices=None):
+            return [False] * len(self._get_indices(indices))
+
+    return CruiseControlSB3VecEnv(venv)

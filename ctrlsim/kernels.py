@@ -737,12 +737,13 @@ def _advance_group(rows, p, v, f, a, t0, dt, substeps, plant, prof, work):
 
 
 @njit(cache=True, error_model="numpy")
-def step_batch(act, reset, state, k, plant, cbase, use_base, start, ref, noise, prof,
+def step_batch(act, mode, state, k, plant, cbase, use_base, start, ref, noise, prof,
                work, weights, scales, obs, reward, terminated, truncated):
     """One control period of many independent open-loop episodes (the env's step).
 
-    Row ``i`` either restarts (``reset[i]``: NEXT_STEP autoreset or reset())
-    or applies ``act[i]`` (in [-1, 1], already clipped) over ``[t_k, t_k+1]``.
+    ``mode[i]`` says what row ``i`` does: 0 apply ``act[i]`` (in [-1, 1],
+    already clipped) over ``[t_k, t_k+1]``; 1 restart (NEXT_STEP autoreset or
+    reset()); 2 hold (nothing changes, its outputs are left as they are).
 
     ``state`` (8, nb): position, speed, force, integral z of the measured
     error, previous measured error, base-controller integrator and previous
@@ -766,10 +767,13 @@ def step_batch(act, reset, state, k, plant, cbase, use_base, start, ref, noise, 
     bound = scales[5]
     # Commands of the rows that step.
     n_step = 0
+    n_hold = 0
+    for i in range(nb):
+        if mode[i] == 2:
+            n_hold += 1
     k_first, same_k = -1, True
     for i in range(nb):
-        if reset[i]:
-            ap[i] = 0.0
+        if mode[i] != 0:
             continue
         lo, hi = plant[P_CMD_LO, i], plant[P_CMD_HI, i]
         c, h = 0.5 * (lo + hi), 0.5 * (hi - lo)
@@ -791,33 +795,36 @@ def step_batch(act, reset, state, k, plant, cbase, use_base, start, ref, noise, 
     # stepping rows are at different instants.
     if n_step > 0:
         time_dep = prof.events.shape[0] > 0 or prof.grade_by_time
-        if not time_dep or (same_k and n_step == nb):
+        if (not time_dep and n_hold == 0) or (same_k and n_step == nb):
             advance_batch(p, v, f, ap, k_first * ts, ts, prof.substeps, plant, prof,
                           work)
         else:
             ks = np.empty(n_step, dtype=np.int64)
             j = 0
             for i in range(nb):
-                if not reset[i]:
+                if mode[i] == 0:
                     ks[j] = k[i]
                     j += 1
             for kk in np.unique(ks):
                 m = 0
                 for i in range(nb):
-                    if not reset[i] and k[i] == kk:
+                    if mode[i] == 0 and k[i] == kk:
                         m += 1
                 rows = np.empty(m, dtype=np.int64)
                 m = 0
                 for i in range(nb):
-                    if not reset[i] and k[i] == kk:
+                    if mode[i] == 0 and k[i] == kk:
                         rows[m] = i
                         m += 1
                 _advance_group(rows, p, v, f, ap, kk * ts, ts, prof.substeps, plant,
                                prof, work)
     # Restarts, then observations and rewards.
     for i in range(nb):
-        if reset[i]:
+        if mode[i] == 2:
+            continue
+        if mode[i] == 1:
             k[i] = 0
+            ap[i] = 0.0
             p[i], v[i], f[i] = 0.0, start[0, i], start[1, i]
             z[i], zb[i], eb[i] = 0.0, start[2, i], 0.0
             preset_grade(work, i, start[3, i])
