@@ -95,7 +95,7 @@ def test_determinism():
 
 @pytest.mark.parametrize("name,spec", [("step", "leaky:0.1"), ("payload", "relu"),
                                        ("noisy", "linear"), ("fbs-hill", None),
-                                       ("gust", "leaky:0.1")])
+                                       ("gust", "leaky:0.1"), ("hwfet-car", None)])
 def test_agrees_with_simulate(name, spec):
     sc = _scenario(name)
     tr = ctrlsim.simulate(sc, spec)
