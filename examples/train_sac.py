@@ -60,10 +60,12 @@ def run_policy(model, env: CruiseControlEnv) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--timesteps", type=int, default=3000,
+    ap.add_argument("--timesteps", type=int, default=2000,
                     help="total env steps of training (default: a smoke run)")
     ap.add_argument("--scenario", default="step")
-    ap.add_argument("--num-envs", type=int, default=8)
+    ap.add_argument("--num-envs", type=int, default=4)
+    ap.add_argument("--gradient-steps", type=int, default=-1,
+                    help="SAC gradient steps per vector step (-1: one per env step)")
     ap.add_argument("--randomize", action="store_true",
                     help="train on randomised episodes (evaluation stays nominal)")
     ap.add_argument("--seed", type=int, default=0)
@@ -77,7 +79,8 @@ def main() -> None:
           f"{sc.n_steps} steps per episode; training {args.timesteps} steps on "
           f"{args.num_envs} envs")
     model = SAC("MlpPolicy", VecMonitor(sb3_vec_env(venv)), learning_starts=500,
-                batch_size=256, gamma=0.98, seed=args.seed, verbose=0)
+                batch_size=256, gamma=0.98, gradient_steps=args.gradient_steps,
+                seed=args.seed, verbose=0)
     model.learn(args.timesteps)
 
     rows = {"SAC": step_metrics(sc, sc.time, run_policy(model, CruiseControlEnv(
