@@ -30,3 +30,9 @@ __all__ = [
     "SetupWarning", "StartWarning", "Trajectory", "simulate", "SweepResult", "sweep", "load_cycle",
     "ScenarioError", "load_scenario", "shipped_scenarios",
 ]
+
+import gymnasium as _gymnasium  # noqa: E402
+
+if "ctrlsim/CruiseControl-v0" not in _gymnasium.registry:
+    _gymnasium.register(id="ctrlsim/CruiseControl-v0", entry_point="ctrlsim.envs:CruiseControlEnv",
+                        vector_entry_point="ctrlsim.envs:CruiseControlVectorEnv")

@@ -807,3 +807,172 @@ def _rebind(dispatcher, **names):
     func = types.FunctionType(code, scope, name, py.__defaults__, py.__closure__)
     options = {k: v for k, v in dispatcher.targetoptions.items() if k != "cache"}
     return njit(**options)(func)
+
+
+# --------------------------------------------------------------------------
+# Open-loop stepping for the gymnasium env (appended; uses the blocks above)
+# --------------------------------------------------------------------------
+# Columns of the env observation, in order.
+OBS_FIELDS = ("error", "integral", "derivative", "speed", "reference")
+
+
+@njit(cache=True, error_model="numpy")
+def preset_grade(work, i, theta):
+    """Pin row ``i`` of an :func:`advance_batch` scratch array to a constant grade.
+
+    ``theta`` (rad) finite: the row's cached road piece becomes the whole
+    line with that grade, so :func:`advance_batch` never looks the shared
+    road up for this row (per-row constant grades in one lockstep batch).
+    NaN: invalidate the cache so the row follows ``prof``'s road again.
+    """
+    if theta == theta:
+        work[9, i], work[10, i], work[11, i], work[12, i] = -_INF, _INF, theta, 0.0
+        work[6, i], work[7, i] = math.sin(theta), math.cos(theta)
+    else:
+        work[9, i], work[10, i], work[11, i], work[12, i] = _INF, -_INF, 0.0, 0.0
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _clip_obs(x, bound):
+    x = x if math.isfinite(x) else 0.0
+    return min(max(x, -bound), bound)
+
+
+@njit(cache=True, error_model="numpy")
+def _advance_group(rows, p, v, f, a, t0, dt, substeps, plant, prof, work):
+    """:func:`advance_batch` on the rows ``rows`` only (gather, advance, scatter)."""
+    m = rows.shape[0]
+    gp, gv, gf, ga = np.empty(m), np.empty(m), np.empty(m), np.empty(m)
+    gplant = np.empty((plant.shape[0], m))
+    gwork = np.zeros((13, m + 1))
+    for j in range(m):
+        i = rows[j]
+        gp[j], gv[j], gf[j], ga[j] = p[i], v[i], f[i], a[i]
+        gplant[:, j] = plant[:, i]
+        gwork[6, j], gwork[7, j] = work[6, i], work[7, i]
+        gwork[9:13, j] = work[9:13, i]
+    advance_batch(gp, gv, gf, ga, t0, dt, substeps, gplant, prof, gwork)
+    for j in range(m):
+        i = rows[j]
+        p[i], v[i], f[i] = gp[j], gv[j], gf[j]
+        work[6, i], work[7, i] = gwork[6, j], gwork[7, j]
+        work[9:13, i] = gwork[9:13, j]
+
+
+@njit(cache=True, error_model="numpy")
+def step_batch(act, mode, state, k, plant, cbase, use_base, start, ref, noise, prof,
+               work, weights, scales, obs, reward, terminated, truncated):
+    """One control period of many independent open-loop episodes (the env's step).
+
+    ``mode[i]`` says what row ``i`` does: 0 apply ``act[i]`` (in [-1, 1],
+    already clipped) over ``[t_k, t_k+1]``; 1 restart (NEXT_STEP autoreset or
+    reset()); 2 hold (nothing changes, its outputs are left as they are).
+
+    ``state`` (8, nb): position, speed, force, integral z of the measured
+    error, previous measured error, base-controller integrator and previous
+    error, applied command. ``k`` (nb,) int64 sample index. ``start`` (4, nb):
+    initial speed, initial force, base-controller integrator preload and
+    constant grade (rad; NaN: follow ``prof``'s road). ``ref``/``noise``
+    (nb, N + 1) per-row reference and sensor noise; ``prof`` supplies road,
+    events, Ts, substeps and the speed limit. ``cbase`` a controller vector
+    run through :func:`control_step` when ``use_base`` (the action is then a
+    residual on its output). ``weights`` = (error, effort, divergence
+    penalty); ``scales`` = (e, z, d, y, r scales, observation bound, error
+    scale of the reward). Fills ``obs`` (nb, 5) float32, ``reward``,
+    ``terminated``, ``truncated``. The plant is advanced by
+    :func:`advance_batch` (one call when the episodes share the time grid).
+    """
+    nb = act.shape[0]
+    n = ref.shape[1] - 1
+    ts = prof.ts
+    p, v, f, z, ep, zb, eb, ap = (state[0], state[1], state[2], state[3], state[4],
+                                  state[5], state[6], state[7])
+    bound = scales[5]
+    # Commands of the rows that step.
+    n_step = 0
+    n_hold = 0
+    for i in range(nb):
+        if mode[i] == 2:
+            n_hold += 1
+    k_first, same_k = -1, True
+    for i in range(nb):
+        if mode[i] != 0:
+            continue
+        lo, hi = plant[P_CMD_LO, i], plant[P_CMD_HI, i]
+        c, h = 0.5 * (lo + hi), 0.5 * (hi - lo)
+        if use_base:
+            kk = min(k[i], n)
+            eb[i], u, _, zb[i] = control_step(v[i] + noise[i, kk], ref[i, kk], eb[i],
+                                              zb[i], kk == 0, ts, lo, hi, cbase)
+            a = u + h * act[i]
+        else:
+            a = c + h * act[i]
+        ap[i] = min(max(a, lo), hi)
+        z[i] += ts * ep[i]
+        n_step += 1
+        if k_first < 0:
+            k_first = k[i]
+        elif k[i] != k_first:
+            same_k = False
+    # The plant: one lockstep call unless the inputs depend on time and the
+    # stepping rows are at different instants.
+    if n_step > 0:
+        time_dep = prof.events.shape[0] > 0 or prof.grade_by_time
+        if (not time_dep and n_hold == 0) or (same_k and n_step == nb):
+            advance_batch(p, v, f, ap, k_first * ts, ts, prof.substeps, plant, prof,
+                          work)
+        else:
+            ks = np.empty(n_step, dtype=np.int64)
+            j = 0
+            for i in range(nb):
+                if mode[i] == 0:
+                    ks[j] = k[i]
+                    j += 1
+            for kk in np.unique(ks):
+                m = 0
+                for i in range(nb):
+                    if mode[i] == 0 and k[i] == kk:
+                        m += 1
+                rows = np.empty(m, dtype=np.int64)
+                m = 0
+                for i in range(nb):
+                    if mode[i] == 0 and k[i] == kk:
+                        rows[m] = i
+                        m += 1
+                _advance_group(rows, p, v, f, ap, kk * ts, ts, prof.substeps, plant,
+                               prof, work)
+    # Restarts, then observations and rewards.
+    for i in range(nb):
+        if mode[i] == 2:
+            continue
+        if mode[i] == 1:
+            k[i] = 0
+            ap[i] = 0.0
+            p[i], v[i], f[i] = 0.0, start[0, i], start[1, i]
+            z[i], zb[i], eb[i] = 0.0, start[2, i], 0.0
+            preset_grade(work, i, start[3, i])
+            reward[i] = 0.0
+            terminated[i] = truncated[i] = False
+        else:
+            k[i] += 1
+            bad = not (_bounded(p[i], v[i], f[i], prof.v_limit) and math.isfinite(z[i]))
+            terminated[i] = bad
+            truncated[i] = (not bad) and k[i] >= n
+            lo, hi = plant[P_CMD_LO, i], plant[P_CMD_HI, i]
+            un = (ap[i] - 0.5 * (lo + hi)) / (0.5 * (hi - lo))
+            et = (ref[i, min(k[i], n)] - v[i]) / scales[6]
+            if bad:
+                reward[i] = -weights[2]
+            else:
+                reward[i] = -(weights[0] * et * et + weights[1] * un * un)
+        kk = min(k[i], n)
+        y = v[i] + noise[i, kk]
+        r = ref[i, kk]
+        e = r - y
+        d = 0.0 if kk == 0 else (e - ep[i]) / ts
+        ep[i] = e
+        obs[i, 0] = _clip_obs(e / scales[0], bound)
+        obs[i, 1] = _clip_obs(z[i] / scales[1], bound)
+        obs[i, 2] = _clip_obs(d / scales[2], bound)
+        obs[i, 3] = _clip_obs(y / scales[3], bound)
+        obs[i, 4] = _clip_obs(r / scales[4], bound)
