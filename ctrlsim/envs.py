@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 import gymnasium as gym
+import numba
 import numpy as np
 from gymnasium import spaces
 from gymnasium.utils import seeding
@@ -164,7 +165,8 @@ class _Core:
     def run(self, act: np.ndarray, reset: np.ndarray) -> None:
         K.step_batch(act, reset, self.state, self.k, self.plant, self.cbase, self.use_base,
                      self.start, self.ref, self.noise, self.prof, self.work, self.weights,
-                     self.scales, self.obs, self.reward, self.terminated, self.truncated)
+                     self.scales, self.obs, self.reward, self.terminated, self.truncated,
+                     numba.get_num_threads())
 
 
 def _spaces():

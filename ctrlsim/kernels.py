@@ -531,10 +531,11 @@ def _substep_rows(h, p, v, f, a, inv_tau, pay, fext, sn, cs, car, mass, g, cr, d
                   dquad, tau, gr, tmax, wmax, beta, brake):
     """One whole RK4 substep for every vehicle, the four stages in registers.
 
-    For roads whose grade does not depend on the vehicle's position (flat, or
-    given in time), the stage inputs ``pay, fext, sn, cs`` (4,) are the same
-    for every vehicle, so a row needs its state loaded and stored once per
-    substep. Same operations, in the same order, as :func:`plant_interval`.
+    For roads on which each vehicle's grade is constant (flat, or per-row
+    grades pinned by :func:`preset_grade`): ``sn[i], cs[i]`` are the sine and
+    cosine of vehicle i's grade, ``pay, fext`` (4,) the payload and external
+    force at the four stage times. A row's state is loaded and stored once
+    per substep. Same operations, in the same order, as :func:`plant_interval`.
     """
     hh, h6 = 0.5 * h, h / 6.0
     for i in range(p.shape[0]):
@@ -542,25 +543,27 @@ def _substep_rows(h, p, v, f, a, inv_tau, pay, fext, sn, cs, car, mass, g, cr, d
         lag, it = tau[i] > 0.0, inv_tau[i]
         gi, ci, dl, dq = g[i], cr[i], dlin[i], dquad[i]
         ri, ti, wi, bi, ki = gr[i], tmax[i], wmax[i], beta[i], brake[i]
+        s0 = s1 = s2 = s3 = sn[i]
+        c0 = c1 = c2 = c3 = cs[i]
         m0, m1, m2, m3 = mass[i] + pay[0], mass[i] + pay[1], mass[i] + pay[2], mass[i] + pay[3]
         inv0, inv1, inv2, inv3 = 1.0 / m0, 1.0 / m1, 1.0 / m2, 1.0 / m3
-        k1v, k1f = _slopes(vi, fi, ai, m0, inv0, sn[0], cs[0], fext[0], car, lag, it,
+        k1v, k1f = _slopes(vi, fi, ai, m0, inv0, s0, c0, fext[0], car, lag, it,
                            gi, ci, dl, dq, ri, ti, wi, bi, ki)
         acc_p, acc_v, acc_f = vi, k1v, k1f
         sv, sf = vi + hh * k1v, fi + hh * k1f
-        k2v, k2f = _slopes(sv, sf, ai, m1, inv1, sn[1], cs[1], fext[1], car, lag, it,
+        k2v, k2f = _slopes(sv, sf, ai, m1, inv1, s1, c1, fext[1], car, lag, it,
                            gi, ci, dl, dq, ri, ti, wi, bi, ki)
         acc_p += 2.0 * sv
         acc_v += 2.0 * k2v
         acc_f += 2.0 * k2f
         sv2, sf = vi + hh * k2v, fi + hh * k2f
-        k3v, k3f = _slopes(sv2, sf, ai, m2, inv2, sn[2], cs[2], fext[2], car, lag, it,
+        k3v, k3f = _slopes(sv2, sf, ai, m2, inv2, s2, c2, fext[2], car, lag, it,
                            gi, ci, dl, dq, ri, ti, wi, bi, ki)
         acc_p += 2.0 * sv2
         acc_v += 2.0 * k3v
         acc_f += 2.0 * k3f
         sv3, sf = vi + h * k3v, fi + h * k3f
-        k4v, k4f = _slopes(sv3, sf, ai, m3, inv3, sn[3], cs[3], fext[3], car, lag, it,
+        k4v, k4f = _slopes(sv3, sf, ai, m3, inv3, s3, c3, fext[3], car, lag, it,
                            gi, ci, dl, dq, ri, ti, wi, bi, ki)
         acc_p += 1.0 * sv3
         acc_v += 1.0 * k4v
@@ -571,41 +574,31 @@ def _substep_rows(h, p, v, f, a, inv_tau, pay, fext, sn, cs, car, mass, g, cr, d
 
 
 @njit(cache=True, error_model="numpy")
-def _advance_fused(p, v, f, a, t0, h, substeps, plant, inv_tau, spans, prof, flat):
-    """:func:`advance_batch` when the grade does not depend on position."""
+def _advance_fused(p, v, f, a, t0, h, substeps, plant, inv_tau, spans, prof, work):
+    """:func:`advance_batch` on a flat road by position (each vehicle keeps the
+    constant grade cached in ``work``: the road's, or its own from
+    :func:`preset_grade`)."""
+    nb = p.shape[0]
+    sn, cs = work[6, :nb], work[7, :nb]
+    _road_pass(True, p, work[9:13], sn, cs, prof.grade_x, prof.grade_th, nb)
     eps = _STAGE_EPS * h
-    gx, gth = prof.grade_x, prof.grade_th
-    pay, fext, sn, cs = np.empty(4), np.empty(4), np.empty(4), np.empty(4)
+    pay, fext = np.empty(4), np.empty(4)
     e_lo, e_hi, payload, f_ext = -_INF, -_INF, 0.0, 0.0
-    r_lo, r_hi, th_lo, slope = -_INF, -_INF, 0.0, 0.0
-    sn0, cs0 = 0.0, 1.0
     for j in range(substeps):
         ta = t0 + j * h
-        # The stage inputs, exactly as plant_interval evaluates them.
+        # The event inputs at the stage times, exactly as plant_interval takes them.
         for c in range(4):
             ts = ta + eps if c == 0 else (ta + h - eps if c == 3 else ta + 0.5 * h)
             if not (e_lo <= ts < e_hi):
                 e_lo, e_hi, payload, f_ext = event_window(ts, prof.events)
-            x = 0.0 if flat else ts
-            if not (r_lo <= x < r_hi):
-                r_lo, r_hi, th_lo, slope = road_segment(x, gx, gth)
-                if flat:
-                    r_lo, r_hi = -_INF, _INF
-                sn0, cs0 = math.sin(th_lo), math.cos(th_lo)
-            if slope == 0.0:
-                sn[c], cs[c] = sn0, cs0
-            else:
-                th = _theta(x, r_lo, th_lo, slope)
-                sn[c], cs[c] = math.sin(th), math.cos(th)
             pay[c], fext[c] = payload, f_ext
         for lo, hi, car in spans:
             _substep_rows(h, p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], inv_tau[lo:hi], pay,
-                          fext, sn, cs, car, plant[P_MASS, lo:hi],
-                          plant[P_G, lo:hi],
-                          plant[P_CR, lo:hi], plant[P_DLIN, lo:hi], plant[P_DQUAD, lo:hi],
-                          plant[P_TAU, lo:hi], plant[P_GEAR_RATIO, lo:hi],
-                          plant[P_TMAX, lo:hi], plant[P_WMAX, lo:hi], plant[P_BETA, lo:hi],
-                          plant[P_BRAKE, lo:hi])
+                          fext, sn[lo:hi], cs[lo:hi], car, plant[P_MASS, lo:hi],
+                          plant[P_G, lo:hi], plant[P_CR, lo:hi], plant[P_DLIN, lo:hi],
+                          plant[P_DQUAD, lo:hi], plant[P_TAU, lo:hi],
+                          plant[P_GEAR_RATIO, lo:hi], plant[P_TMAX, lo:hi],
+                          plant[P_WMAX, lo:hi], plant[P_BETA, lo:hi], plant[P_BRAKE, lo:hi])
 
 
 @njit(cache=True, error_model="numpy")
@@ -640,8 +633,8 @@ def advance_batch(p, v, f, a, t0, dt, substeps, plant, prof, work):
     h = dt / substeps
     hh, h6, eps = 0.5 * h, h / 6.0, _STAGE_EPS * h
     e_lo, e_hi, payload, f_ext = -_INF, -_INF, 0.0, 0.0
-    if flat or by_time:
-        _advance_fused(p, v, f, a, t0, h, substeps, plant, inv_tau, spans, prof, flat)
+    if flat and not by_time:
+        _advance_fused(p, v, f, a, t0, h, substeps, plant, inv_tau, spans, prof, work)
         return
     tbuf = np.empty(1)
     for j in range(substeps):
@@ -859,9 +852,35 @@ def _advance_group(rows, p, v, f, a, t0, dt, substeps, plant, prof, work):
         work[9:13, i] = gwork[9:13, j]
 
 
+# Rows below which a parallel block is not worth the thread hand-off.
+_PAR_MIN_ROWS = 256
+
+
+@njit(cache=True, parallel=True)
+def advance_parallel(p, v, f, a, t0, dt, substeps, plant, prof, work, blocks):
+    """:func:`advance_batch` split into ``blocks`` contiguous blocks on all cores.
+
+    Each block works on a contiguous copy of its plant columns and scratch
+    (so its loops vectorise) and writes the scratch (road-piece caches) back.
+    Bit-identical to one :func:`advance_batch` call.
+    """
+    nb = p.shape[0]
+    blocks = max(1, min(blocks, nb // _PAR_MIN_ROWS))
+    for blk in prange(blocks):
+        lo = blk * nb // blocks
+        hi = (blk + 1) * nb // blocks
+        m = hi - lo
+        bplant = np.ascontiguousarray(plant[:, lo:hi])
+        bwork = np.empty((work.shape[0], m + 1))
+        bwork[:, :m] = work[:, lo:hi]
+        advance_batch(p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], t0, dt, substeps, bplant,
+                      prof, bwork)
+        work[:, lo:hi] = bwork[:, :m]
+
+
 @njit(cache=True, error_model="numpy")
 def step_batch(act, mode, state, k, plant, cbase, use_base, start, ref, noise, prof,
-               work, weights, scales, obs, reward, terminated, truncated):
+               work, weights, scales, obs, reward, terminated, truncated, blocks):
     """One control period of many independent open-loop episodes (the env's step).
 
     ``mode[i]`` says what row ``i`` does: 0 apply ``act[i]`` (in [-1, 1],
@@ -880,7 +899,8 @@ def step_batch(act, mode, state, k, plant, cbase, use_base, start, ref, noise, p
     penalty); ``scales`` = (e, z, d, y, r scales, observation bound, error
     scale of the reward). Fills ``obs`` (nb, 5) float32, ``reward``,
     ``terminated``, ``truncated``. The plant is advanced by
-    :func:`advance_batch` (one call when the episodes share the time grid).
+    :func:`advance_parallel` in ``blocks`` blocks when the episodes share the
+    time grid (else by :func:`advance_batch` per instant).
     """
     nb = act.shape[0]
     n = ref.shape[1] - 1
@@ -919,8 +939,8 @@ def step_batch(act, mode, state, k, plant, cbase, use_base, start, ref, noise, p
     if n_step > 0:
         time_dep = prof.events.shape[0] > 0 or prof.grade_by_time
         if (not time_dep and n_hold == 0) or (same_k and n_step == nb):
-            advance_batch(p, v, f, ap, k_first * ts, ts, prof.substeps, plant, prof,
-                          work)
+            advance_parallel(p, v, f, ap, k_first * ts, ts, prof.substeps, plant, prof,
+                             work, blocks)
         else:
             ks = np.empty(n_step, dtype=np.int64)
             j = 0
@@ -969,7 +989,7 @@ def step_batch(act, mode, state, k, plant, cbase, use_base, start, ref, noise, p
         y = v[i] + noise[i, kk]
         r = ref[i, kk]
         e = r - y
-        d = 0.0 if kk == 0 else (e - ep[i]) / ts
+        d = 0.0 if kk == 0 else (e - ep[i]) * (1.0 / ts)   # as control_step
         ep[i] = e
         obs[i, 0] = _clip_obs(e / scales[0], bound)
         obs[i, 1] = _clip_obs(z[i] / scales[1], bound)

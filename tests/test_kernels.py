@@ -204,8 +204,7 @@ def test_equilibrium_start_uses_the_grade_at_the_start_inside_a_ramp():
 
 
 def test_batch_equals_single_on_a_time_graded_road_with_events():
-    # Grade given in time: the batch takes its fused path (all four RK4 stages in
-    # registers); an event ends inside a substep.
+    # Grade given in time (stage-by-stage path); an event ends inside a substep.
     sc = Scenario(reference=Reference([(1.0, 2.5)]), duration=8.0, control_period=0.02,
                   substeps=3, initial_speed=2.0,
                   road=Road(((0.0, 0.0), (3.0, 3.0), (6.0, -2.0)), by="time"),
@@ -221,3 +220,27 @@ def test_batch_equals_single_on_a_time_graded_road_with_events():
         single = np.empty((prof.ref.size, 5))
         K.rollout(pp[i], pack_controllers(ctls)[i], prof, single)
         assert np.array_equal(single, out[i]), i
+
+
+def test_pinned_per_row_grades_are_used_on_a_flat_road():
+    # The env gives each sub-env its own constant grade (preset_grade); on a flat
+    # road the batch's fused path must use them, as plant_interval on that grade.
+    sc = Scenario(reference=Reference([(0.0, 2.0)]), duration=1.0, initial_speed=2.0)
+    prof = sc.pack()
+    thetas = np.radians([-3.0, 0.0, 2.5, 5.0])
+    nb = thetas.size
+    plant = np.ascontiguousarray(np.tile(sc.plant.pack(), (nb, 1)).T)
+    p, v, f, a = np.zeros(nb), np.full(nb, 2.0), np.full(nb, 5.0), np.full(nb, 8.0)
+    work = K.batch_work(nb)
+    for i, th in enumerate(thetas):
+        K.preset_grade(work, i, th)
+    for k in range(20):
+        K.advance_batch(p, v, f, a, k * 0.05, 0.05, 5, plant, prof, work)
+    for i, th in enumerate(thetas):
+        graded = prof._replace(grade_x=np.zeros(1), grade_th=np.array([th]))
+        state, cache = (0.0, 2.0, 5.0), K.input_cache()
+        for k in range(20):
+            state = K.plant_interval(*state, 8.0, k * 0.05, 0.05, 5, plant[:, i].copy(), graded,
+                                     cache)
+        assert state == (p[i], v[i], f[i]), i
+    assert len(set(v.tolist())) == nb
