@@ -541,15 +541,23 @@ def settles(tr, band: float = 0.02) -> bool:
 
     With a set-speed step: a finite settling time (2 % of the step). Without one: the
     last 10 % of the run within ``band`` of the set speed (relative, at least 0.01 m/s).
-    A drive cycle only has to stay finite.
+    Without sensor noise, the applied command must also have come to rest: over the last
+    10 % its peak-to-peak swing below 10 % of the command range (a loop that chatters
+    between the actuator limits inside the speed band is not stable). A drive cycle only
+    has to stay finite.
     """
     if tr.diverged:
         return False
-    if tr.scenario.reference.kind == "cycle":
+    sc = tr.scenario
+    if sc.reference.kind == "cycle":
         return True  # tracking a drive cycle: nothing to settle to
-    if tr.scenario.step_window() is not None:
+    n = max(int(0.1 * tr.t.size), 2)
+    if sc.sensor.speed_noise_std == 0.0:
+        lo, hi = sc.plant.command_limits
+        if np.ptp(tr.applied[-n:]) > 0.1 * (hi - lo):
+            return False  # a limit cycle (e.g. chattering between the actuator limits)
+    if sc.step_window() is not None:
         return math.isfinite(tr.metrics()["settling_time"])
-    n = max(int(0.1 * tr.t.size), 1)
     tol = np.maximum(band * np.abs(tr.reference[-n:]), 0.01)
     return bool(np.all(np.abs(tr.error[-n:]) <= tol))
 
