@@ -252,6 +252,10 @@ def _analysis_report(an) -> str:
     lines.append(f"circle      phi in [{lo:g}, {hi:g}]: {verdict}, margin {circ.margin:.3g}"
                  + (f" ({circ.reason})" if circ.reason else "")
                  + "; local, about the operating point (docs/analysis.md)")
+    if circ.popov_certified is not None:
+        lines.append(f"popov       Jury-Lee test (phi monotone, slope-restricted): "
+                     f"{'CERTIFIED' if circ.popov_certified else 'not certified'}, "
+                     f"margin {circ.popov_margin:.3g} at q = {circ.popov_q:.3g}")
     eps = sc.sensor.speed_noise_std * 3 or 0.01
     what = "3 x the sensor's noise std" if sc.sensor.speed_noise_std else "e.g."
     lines.append(f"noise       Lipschitz {an.lipschitz:.4g} cmd/(m/s) over one sample: "

@@ -144,6 +144,8 @@ def test_soundness_on_a_sweep_grid():
     sc = replace(ctrlsim.load_scenario("decel"), duration=60.0, substeps=2)
     smap = stability_map(sc, [8.0, 40.0, 300.0, 2500.0, 9000.0], [0.0, 0.05, 0.3, 1.0])
     assert smap.unsound == 0
+    assert not (smap.popov & ~smap.simulated_ok).any()       # nor the Jury-Lee test
+    assert (smap.popov >= smap.certified).all()
     assert smap.certified.any() and (~smap.certified & smap.simulated_ok).any()
     assert (~smap.simulated_ok).any()                # the grid reaches unstable gains
     assert 0 < smap.certified_share < 1
