@@ -193,6 +193,77 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
+def _cmd_analyze(args) -> int:
+    from .analysis import analyze, nyquist_figure
+
+    sc = load_scenario(args.scenario)
+    ctl = parse_controller(args.controller) if args.controller else None
+    targets = _check_outputs(args, sc, "analyze")
+    an = analyze(sc, ctl)
+    if args.plot is not None:
+        _save(nyquist_figure(an), targets["--plot"])
+    if args.json:
+        _print_json(an.to_dict())
+    else:
+        _out(_analysis_report(an))
+    _wrote(targets, args.json)
+    return 0
+
+
+def _analysis_report(an) -> str:
+    """The human-readable report of ``ctrlsim analyze``."""
+    sc, op, circ = an.scenario, an.operating_point, an.circle
+    unit = " N" if sc.plant.preset == "robot" else ""
+
+    def num(x: float, fmt: str = ".3g") -> str:
+        return "-" if not math.isfinite(x) else format(x, fmt)
+
+    lines = [f"{_line(sc.name)}: {_line(sc.description)}" if sc.description else _line(sc.name),
+             f"controller  {_line(an.controller.spec)}"]
+    head = (f"operating   {op.speed:g} m/s, grade {math.degrees(op.grade):.3g} deg, "
+            f"mass {op.mass:g} kg")
+    if op.feasible:
+        mode = "slope 1" if op.preactivation >= 0 else f"slope {an.controller.slope:g}"
+        lines.append(f"{head}: force {op.force:.4g} N, command {op.command:.4g}{unit}, "
+                     f"s* = {op.preactivation:.4g} ({mode} active)")
+    else:
+        lines.append(f"{head}: NO EQUILIBRIUM ({op.reason})")
+    A = np.asarray(an.plant.A)
+    B = np.asarray(an.plant.B)
+    def mat(x) -> str:
+        return "[" + "; ".join(" ".join(f"{v:.4g}" for v in row) for row in x) + "]"
+
+    lines.append(f"plant       linearised, command -> speed: A = {mat(A)}, B = {mat(B)}, "
+                 f"poles {', '.join(f'{p.real:.4g}' for p in np.linalg.eigvals(A))} 1/s")
+    lines.append("modes       slope  damping  wn [rad/s]  |p|max     overshoot [%]  "
+                 "settling [s]  stable")
+    for m in an.modes:
+        lines.append(f"            {m.slope:<5g}  {num(m.damping):>7}  {num(m.wn):>10}  "
+                     f"{m.spectral_radius:<9.6f}  {num(m.overshoot):>13}  "
+                     f"{num(m.settling_time):>12}  {'yes' if m.stable else 'NO'}"
+                     + ("  (active)" if m.active else ""))
+    if an.simulated is not None:
+        sim = an.simulated
+        lines.append(f"simulated   overshoot {num(sim['overshoot'])} %, settling "
+                     f"{num(sim['settling_time'])} s; stable and settling: "
+                     f"{'yes' if an.simulated_ok else 'NO'}")
+    lo, hi = circ.sector
+    verdict = "CERTIFIED" if circ.certified else "not certified"
+    lines.append(f"circle      phi in [{lo:g}, {hi:g}]: {verdict}, margin {circ.margin:.3g}"
+                 + (f" ({circ.reason})" if circ.reason else "")
+                 + "; local, about the operating point (docs/analysis.md)")
+    if circ.popov_certified is not None:
+        lines.append(f"popov       Jury-Lee test (phi monotone, slope-restricted): "
+                     f"{'CERTIFIED' if circ.popov_certified else 'not certified'}, "
+                     f"margin {circ.popov_margin:.3g} at q = {circ.popov_q:.3g}")
+    eps = sc.sensor.speed_noise_std * 3 or 0.01
+    what = "3 x the sensor's noise std" if sc.sensor.speed_noise_std else "e.g."
+    lines.append(f"noise       Lipschitz {an.lipschitz:.4g} cmd/(m/s) over one sample: "
+                 f"measurement errors |n| <= {eps:.3g} m/s ({what}) move the command "
+                 f"by at most {an.noise_bound(eps):.3g}{unit}")
+    return "\n".join(lines)
+
+
 def _cmd_gallery(args) -> int:
     from .gallery import make_gallery
 
@@ -400,6 +471,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--csv", metavar="FILE", help="write the sweep table as CSV")
     s.set_defaults(func=_cmd_sweep)
     _output_args(s, plot_help)
+
+    s = add("analyze", help="linearise, list the linear modes and certify stability "
+            "(circle criterion)")
+    s.add_argument("scenario", help="shipped scenario name or TOML path")
+    s.add_argument("-c", "--controller", help=spec_help + " (default: the scenario's)")
+    s.set_defaults(func=_cmd_analyze)
+    _output_args(s, "write a Nyquist plot with the critical disk "
+                 "(default: plots/<scenario>-analyze.png)")
 
     s = add("gallery", help="write the README's gallery of plots")
     s.add_argument("--out", default="plots", help="output folder (default: plots)")
