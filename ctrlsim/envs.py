@@ -108,6 +108,7 @@ class _Core:
         self.state = np.zeros((8, nb))
         self.k = np.zeros(nb, dtype=np.int64)
         self.work = K.batch_work(nb)
+        self._act = np.zeros(1)
         self.obs = np.zeros((nb, len(OBS_FIELDS)), dtype=np.float32)
         self.reward = np.zeros(nb)
         self.terminated = np.zeros(nb, dtype=np.bool_)
@@ -157,6 +158,12 @@ class _Core:
         a = np.asarray(action, dtype=np.float64)
         if a.size != self.nb:
             raise ValueError(f"action must have shape {shape}, got {np.shape(action)}")
+        if self.nb == 1:  # the single env: scalar math is 4x cheaper than np.clip
+            x = float(a.flat[0])
+            if x != x:
+                raise ValueError("action contains NaN")
+            self._act[0] = min(max(x, -1.0), 1.0)
+            return self._act
         a = a.reshape(self.nb)
         if np.isnan(a).any():
             raise ValueError("action contains NaN")
@@ -166,7 +173,7 @@ class _Core:
         K.step_batch(act, reset, self.state, self.k, self.plant, self.cbase, self.use_base,
                      self.start, self.ref, self.noise, self.prof, self.work, self.weights,
                      self.scales, self.obs, self.reward, self.terminated, self.truncated,
-                     numba.get_num_threads())
+                     numba.get_num_threads() if self.nb >= 512 else 1)
 
 
 def _spaces():

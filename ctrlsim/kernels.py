@@ -939,8 +939,12 @@ def step_batch(act, mode, state, k, plant, cbase, use_base, start, ref, noise, p
     if n_step > 0:
         time_dep = prof.events.shape[0] > 0 or prof.grade_by_time
         if (not time_dep and n_hold == 0) or (same_k and n_step == nb):
-            advance_parallel(p, v, f, ap, k_first * ts, ts, prof.substeps, plant, prof,
-                             work, blocks)
+            if blocks > 1 and nb >= 2 * _PAR_MIN_ROWS:
+                advance_parallel(p, v, f, ap, k_first * ts, ts, prof.substeps, plant,
+                                 prof, work, blocks)
+            else:  # a parallel region costs ~0.1 ms to launch: not for a few envs
+                advance_batch(p, v, f, ap, k_first * ts, ts, prof.substeps, plant, prof,
+                              work)
         else:
             ks = np.empty(n_step, dtype=np.int64)
             j = 0
