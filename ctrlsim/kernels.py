@@ -852,70 +852,17 @@ def _advance_group(rows, p, v, f, a, t0, dt, substeps, plant, prof, work):
         work[9:13, i] = gwork[9:13, j]
 
 
-# Rows below which a parallel block is not worth the thread hand-off.
+# Rows below which a parallel block is not worth the thread hand-off (a
+# parallel region costs ~0.1 ms to launch).
 _PAR_MIN_ROWS = 256
 
 
-@njit(cache=True, parallel=True)
-def advance_parallel(p, v, f, a, t0, dt, substeps, plant, prof, work, blocks):
-    """:func:`advance_batch` split into ``blocks`` contiguous blocks on all cores.
-
-    Each block works on a contiguous copy of its plant columns and scratch
-    (so its loops vectorise) and writes the scratch (road-piece caches) back.
-    Bit-identical to one :func:`advance_batch` call.
-    """
-    nb = p.shape[0]
-    blocks = max(1, min(blocks, nb // _PAR_MIN_ROWS))
-    for blk in prange(blocks):
-        lo = blk * nb // blocks
-        hi = (blk + 1) * nb // blocks
-        m = hi - lo
-        bplant = np.ascontiguousarray(plant[:, lo:hi])
-        bwork = np.empty((work.shape[0], m + 1))
-        bwork[:, :m] = work[:, lo:hi]
-        advance_batch(p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], t0, dt, substeps, bplant,
-                      prof, bwork)
-        work[:, lo:hi] = bwork[:, :m]
-
-
 @njit(cache=True, error_model="numpy")
-def step_batch(act, mode, state, k, plant, cbase, use_base, start, ref, noise, prof,
-               work, weights, scales, obs, reward, terminated, truncated, blocks):
-    """One control period of many independent open-loop episodes (the env's step).
-
-    ``mode[i]`` says what row ``i`` does: 0 apply ``act[i]`` (in [-1, 1],
-    already clipped) over ``[t_k, t_k+1]``; 1 restart (NEXT_STEP autoreset or
-    reset()); 2 hold (nothing changes, its outputs are left as they are).
-
-    ``state`` (8, nb): position, speed, force, integral z of the measured
-    error, previous measured error, base-controller integrator and previous
-    error, applied command. ``k`` (nb,) int64 sample index. ``start`` (4, nb):
-    initial speed, initial force, base-controller integrator preload and
-    constant grade (rad; NaN: follow ``prof``'s road). ``ref``/``noise``
-    (nb, N + 1) per-row reference and sensor noise; ``prof`` supplies road,
-    events, Ts, substeps and the speed limit. ``cbase`` a controller vector
-    run through :func:`control_step` when ``use_base`` (the action is then a
-    residual on its output). ``weights`` = (error, effort, divergence
-    penalty); ``scales`` = (e, z, d, y, r scales, observation bound, error
-    scale of the reward). Fills ``obs`` (nb, 5) float32, ``reward``,
-    ``terminated``, ``truncated``. The plant is advanced by
-    :func:`advance_parallel` in ``blocks`` blocks when the episodes share the
-    time grid (else by :func:`advance_batch` per instant).
-    """
-    nb = act.shape[0]
+def _env_commands(r0, r1, act, mode, state, k, plant, cbase, use_base, ref, noise, ts):
+    """Commands of the stepping rows ``r0 <= i < r1`` (and their observed integrator)."""
     n = ref.shape[1] - 1
-    ts = prof.ts
-    p, v, f, z, ep, zb, eb, ap = (state[0], state[1], state[2], state[3], state[4],
-                                  state[5], state[6], state[7])
-    bound = scales[5]
-    # Commands of the rows that step.
-    n_step = 0
-    n_hold = 0
-    for i in range(nb):
-        if mode[i] == 2:
-            n_hold += 1
-    k_first, same_k = -1, True
-    for i in range(nb):
+    v, z, ep, zb, eb, ap = state[1], state[3], state[4], state[5], state[6], state[7]
+    for i in range(r0, r1):
         if mode[i] != 0:
             continue
         lo, hi = plant[P_CMD_LO, i], plant[P_CMD_HI, i]
@@ -929,44 +876,17 @@ def step_batch(act, mode, state, k, plant, cbase, use_base, start, ref, noise, p
             a = c + h * act[i]
         ap[i] = min(max(a, lo), hi)
         z[i] += ts * ep[i]
-        n_step += 1
-        if k_first < 0:
-            k_first = k[i]
-        elif k[i] != k_first:
-            same_k = False
-    # The plant: one lockstep call unless the inputs depend on time and the
-    # stepping rows are at different instants.
-    if n_step > 0:
-        time_dep = prof.events.shape[0] > 0 or prof.grade_by_time
-        if (not time_dep and n_hold == 0) or (same_k and n_step == nb):
-            if blocks > 1 and nb >= 2 * _PAR_MIN_ROWS:
-                advance_parallel(p, v, f, ap, k_first * ts, ts, prof.substeps, plant,
-                                 prof, work, blocks)
-            else:  # a parallel region costs ~0.1 ms to launch: not for a few envs
-                advance_batch(p, v, f, ap, k_first * ts, ts, prof.substeps, plant, prof,
-                              work)
-        else:
-            ks = np.empty(n_step, dtype=np.int64)
-            j = 0
-            for i in range(nb):
-                if mode[i] == 0:
-                    ks[j] = k[i]
-                    j += 1
-            for kk in np.unique(ks):
-                m = 0
-                for i in range(nb):
-                    if mode[i] == 0 and k[i] == kk:
-                        m += 1
-                rows = np.empty(m, dtype=np.int64)
-                m = 0
-                for i in range(nb):
-                    if mode[i] == 0 and k[i] == kk:
-                        rows[m] = i
-                        m += 1
-                _advance_group(rows, p, v, f, ap, kk * ts, ts, prof.substeps, plant,
-                               prof, work)
-    # Restarts, then observations and rewards.
-    for i in range(nb):
+
+
+@njit(cache=True, error_model="numpy")
+def _env_finish(r0, r1, mode, state, k, plant, start, ref, noise, prof, work, weights,
+                scales, obs, reward, terminated, truncated):
+    """Restarts, then observations and rewards, of rows ``r0 <= i < r1``."""
+    n = ref.shape[1] - 1
+    ts, bound = prof.ts, scales[5]
+    p, v, f, z, ep, zb, eb, ap = (state[0], state[1], state[2], state[3], state[4],
+                                  state[5], state[6], state[7])
+    for i in range(r0, r1):
         if mode[i] == 2:
             continue
         if mode[i] == 1:
@@ -1000,3 +920,93 @@ def step_batch(act, mode, state, k, plant, cbase, use_base, start, ref, noise, p
         obs[i, 2] = _clip_obs(d / scales[2], bound)
         obs[i, 3] = _clip_obs(y / scales[3], bound)
         obs[i, 4] = _clip_obs(r / scales[4], bound)
+
+
+@njit(cache=True, parallel=True)
+def step_batch(act, mode, state, k, plant, cbase, use_base, start, ref, noise, prof,
+               work, weights, scales, obs, reward, terminated, truncated, blocks):
+    """One control period of many independent open-loop episodes (the env's step).
+
+    ``mode[i]`` says what row ``i`` does: 0 apply ``act[i]`` (in [-1, 1],
+    already clipped) over ``[t_k, t_k+1]``; 1 restart (NEXT_STEP autoreset or
+    reset()); 2 hold (nothing changes, its outputs are left as they are).
+
+    ``state`` (8, nb): position, speed, force, integral z of the measured
+    error, previous measured error, base-controller integrator and previous
+    error, applied command. ``k`` (nb,) int64 sample index. ``start`` (4, nb):
+    initial speed, initial force, base-controller integrator preload and
+    constant grade (rad; NaN: follow ``prof``'s road). ``ref``/``noise``
+    (nb, N + 1) per-row reference and sensor noise; ``prof`` supplies road,
+    events, Ts, substeps and the speed limit. ``cbase`` a controller vector
+    run through :func:`control_step` when ``use_base`` (the action is then a
+    residual on its output). ``weights`` = (error, effort, divergence
+    penalty); ``scales`` = (e, z, d, y, r scales, observation bound, error
+    scale of the reward). Fills ``obs`` (nb, 5) float32, ``reward``,
+    ``terminated``, ``truncated``. When the episodes share the time grid and
+    there are enough rows, each of up to ``blocks`` cores takes a block of
+    rows through the whole step; else :func:`advance_batch` runs once (or
+    once per instant when rows are at different times of a time-dependent
+    scenario).
+    """
+    nb = act.shape[0]
+    ts = prof.ts
+    p, v, f, ap = state[0], state[1], state[2], state[7]
+    n_step = n_hold = 0
+    k_first, same_k = -1, True
+    for i in range(nb):
+        if mode[i] == 2:
+            n_hold += 1
+        elif mode[i] == 0:
+            n_step += 1
+            if k_first < 0:
+                k_first = k[i]
+            elif k[i] != k_first:
+                same_k = False
+    time_dep = prof.events.shape[0] > 0 or prof.grade_by_time
+    lockstep = n_step > 0 and ((not time_dep and n_hold == 0) or (same_k and n_step == nb))
+    if lockstep and blocks > 1 and nb >= 2 * _PAR_MIN_ROWS:
+        # All rows share the time grid: each core takes a block of rows through
+        # the whole step (commands, plant, observations).
+        nblk = min(blocks, nb // _PAR_MIN_ROWS)
+        for blk in prange(nblk):
+            lo = blk * nb // nblk
+            hi = (blk + 1) * nb // nblk
+            m = hi - lo
+            _env_commands(lo, hi, act, mode, state, k, plant, cbase, use_base, ref,
+                          noise, ts)
+            bplant = np.ascontiguousarray(plant[:, lo:hi])
+            bwork = np.empty((work.shape[0], m + 1))
+            bwork[:, :m] = work[:, lo:hi]
+            advance_batch(p[lo:hi], v[lo:hi], f[lo:hi], ap[lo:hi], k_first * ts, ts,
+                          prof.substeps, bplant, prof, bwork)
+            work[:, lo:hi] = bwork[:, :m]
+            _env_finish(lo, hi, mode, state, k, plant, start, ref, noise, prof, work,
+                        weights, scales, obs, reward, terminated, truncated)
+        return
+    _env_commands(0, nb, act, mode, state, k, plant, cbase, use_base, ref, noise, ts)
+    if lockstep:
+        advance_batch(p, v, f, ap, k_first * ts, ts, prof.substeps, plant, prof, work)
+    elif n_step > 0:
+        # Rows at different instants of a time-dependent scenario: one lockstep
+        # call per instant.
+        ks = np.empty(n_step, dtype=np.int64)
+        j = 0
+        for i in range(nb):
+            if mode[i] == 0:
+                ks[j] = k[i]
+                j += 1
+        for kk in np.unique(ks):
+            m = 0
+            for i in range(nb):
+                if mode[i] == 0 and k[i] == kk:
+                    m += 1
+            rows = np.empty(m, dtype=np.int64)
+            m = 0
+            for i in range(nb):
+                if mode[i] == 0 and k[i] == kk:
+                    rows[m] = i
+                    m += 1
+            _advance_group(rows, p, v, f, ap, kk * ts, ts, prof.substeps, plant, prof,
+                           work)
+    _env_finish(0, nb, mode, state, k, plant, start, ref, noise, prof, work, weights,
+                scales, obs, reward, terminated, truncated)
