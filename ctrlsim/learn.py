@@ -33,7 +33,7 @@ import numpy as np
 
 from . import kernels as K
 from .controllers import Controller, LeakyReLUController
-from .mlp import MLPController, N_INPUTS
+from .mlp import N_INPUTS, MLPController
 from .scenario import Event, Reference, Road, Scenario
 from .sweep import pack_controllers
 from .validation import ParameterError, ParameterTypeError
@@ -433,7 +433,8 @@ def evolve(ctl: MLPController, scenarios: Sequence[Scenario], budget: float = 60
 # Hand-tuned baseline
 # --------------------------------------------------------------------------
 def tune_pi(scenario: Scenario, scenarios: Sequence[Scenario],
-            kp_factors=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0), ki_factors=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0),
+            kp_factors=(0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0),
+            ki_factors=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0),
             alphas=(0.0, 0.1, 0.3, 1.0)):
     """Best Leaky ReLU / linear PI on ``scenarios`` by a grid over kp, ki and alpha.
 
@@ -604,9 +605,9 @@ def train(scenario: Scenario, hidden: Sequence[int] = (16, 16), activation: str 
 
 
 def dead_relu_experiment(scenario: Scenario, hidden: Sequence[int] = (16, 16),
-                         alpha: float = 0.1, bias_init: float = -1.0,
-                         bias_spread: float = 0.5, epochs: int = 40, seed: int = 0,
-                         n_train: int = 8) -> dict[str, tuple[MLPController, TrainLog, float]]:
+                         alpha: float = 0.1, bias_init: float = -6.0,
+                         bias_spread: float = 1.0, epochs: int = 40, seed: int = 0,
+                         n_train: int = 4) -> dict[str, tuple[MLPController, TrainLog, float]]:
     """ReLU vs Leaky ReLU hidden units, both initialised with negative biases.
 
     Same data (the scenario's own PI along :func:`variants` of it, with and

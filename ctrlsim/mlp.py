@@ -220,8 +220,11 @@ def _float_array(name: str, value) -> np.ndarray:
 # --------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------
-def save_mlp(ctl: MLPController, path: str | PathLike) -> None:
-    """Write ``ctl`` as an ``.npz`` archive (layout in ``docs/learning.md``)."""
+def save_mlp(ctl: MLPController, path) -> None:
+    """Write ``ctl`` as an ``.npz`` archive (layout in ``docs/learning.md``).
+
+    ``path`` is a path or a binary file object.
+    """
     arrays = {"layers": np.array(len(ctl.weights) - 1, dtype=np.int64),
               "activation": np.array(ctl.activation), "alpha": np.array(ctl.alpha),
               "input_scale": ctl.input_scale,
@@ -230,6 +233,9 @@ def save_mlp(ctl: MLPController, path: str | PathLike) -> None:
               "output_offset": np.array(ctl.output_offset), "kaw": np.array(ctl.kaw)}
     for i, (w, b) in enumerate(zip(ctl.weights, ctl.biases)):
         arrays[f"W{i}"], arrays[f"b{i}"] = w, b
+    if hasattr(path, "write"):
+        np.savez(path, **arrays)
+        return
     with open(path, "wb") as fh:
         np.savez(fh, **arrays)
 
