@@ -223,7 +223,7 @@ def _cmd_train(args) -> int:
     from tqdm import tqdm
 
     with tqdm(total=round(args.budget), unit="s", file=sys.stderr, leave=False,
-              bar_format="{l_bar}{bar}| {n:.0f}/{total} s [{postfix}]") as bar:
+              bar_format="{l_bar}{bar}| {n:.0f}/{total} s {postfix}") as bar:
         def progress(stage, seconds, value):
             bar.set_postfix_str(f"{stage} {value:.4g}", refresh=False)
             bar.update(min(seconds, bar.total) - bar.n)

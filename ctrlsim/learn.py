@@ -307,7 +307,7 @@ def imitate(ctl: MLPController, x: np.ndarray, target: np.ndarray, epochs: int =
             progress: Callable[[int, float], None] | None = None):
     """Fit ``ctl`` to ``target`` commands at inputs ``x`` by Adam on minibatches.
 
-    Returns ``(trained controller, TrainLog)``; the log holds the full-data
+    Returns ``(controller at the epoch of least loss, TrainLog)``; the log holds the full-data
     loss and the dead-unit fraction (over ``dead_inputs``, default ``x``) after
     each epoch (entry 0: before training). Stops early when ``budget``
     seconds have passed.
@@ -326,6 +326,7 @@ def imitate(ctl: MLPController, x: np.ndarray, target: np.ndarray, epochs: int =
 
     log = TrainLog([0], [loss_and_grads(ctl, x, target)[0]], [dead_unit_fraction(ctl, dead_x)],
                    [0.0])
+    best = [p.copy() for p in params]
     t = 0
     for epoch in range(1, epochs + 1):
         order = rng.permutation(x.shape[0])
@@ -340,12 +341,15 @@ def imitate(ctl: MLPController, x: np.ndarray, target: np.ndarray, epochs: int =
         now = cur()
         log.step.append(epoch)
         log.loss.append(loss_and_grads(now, x, target)[0])
+        if log.loss[-1] <= min(log.loss):
+            best = [p.copy() for p in params]
         log.dead.append(dead_unit_fraction(now, dead_x))
         log.seconds.append(time.perf_counter() - start)
         if progress is not None:
             progress(epoch, log.loss[-1])
         if log.seconds[-1] > budget:
             break
+    params = best
     return cur(), log
 
 
