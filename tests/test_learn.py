@@ -236,6 +236,11 @@ def test_variants_are_deterministic_and_valid():
     a, b = L.variants(sc, 5, seed=3, disturb=True), L.variants(sc, 5, seed=3, disturb=True)
     assert [v.plant.mass for v in a] == [v.plant.mass for v in b]
     assert len({v.plant.mass for v in a}) == 5 and all(len(v.events) == 2 for v in a)
+    cyc = ctrlsim.load_scenario("udds-robot")
+    scaled = L.variants(cyc, 2, seed=0)
+    assert all(v.reference.kind == "cycle" for v in scaled)
+    assert max(p[1] for p in scaled[0].reference.points) != max(
+        p[1] for p in cyc.reference.points)
 
 
 def test_sweep_over_a_plant_field_with_an_mlp():
