@@ -1,8 +1,9 @@
 """ctrlsim: a numba-compiled cruise-control simulator.
 
 A robot (or Astrom & Murray's car) under ReLU, Leaky ReLU, linear,
-learned (MLP, :mod:`ctrlsim.learn`) or user-defined control laws, with step and tracking metrics. The README
-describes the model; ``ctrlsim.kernels`` holds its only implementation.
+learned (MLP, :mod:`ctrlsim.learn`) or user-defined control laws, with
+step and tracking metrics. The README describes the model;
+``ctrlsim.kernels`` holds its only implementation.
 """
 
 from .controllers import (

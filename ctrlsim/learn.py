@@ -57,8 +57,9 @@ def variants(scenario: Scenario, n: int, seed: int = 0, disturb: bool = False,
     Each copy scales the mass by U(0.75, 1.35), adds a constant U(-2, 2) degree
     grade offset (robot; car: U(-3, 3)), scales each reference value by
     U(0.7, 1.3) and shifts each step time by U(-2, 2) s (kept in order and
-    >= 0; a drive cycle is scaled as a whole), and scales the initial speed by U(0.8, 1.2). ``disturb`` adds two
-    external force pulses (robot U(-6, 6) N, car U(-800, 800) N, 1-4 s long).
+    >= 0; a drive cycle is scaled as a whole), and scales the initial speed
+    by U(0.8, 1.2). ``disturb`` adds two external force pulses (robot
+    U(-6, 6) N, car U(-800, 800) N, 1-4 s long).
     ``spread`` scales all these ranges. ``substeps`` overrides the RK4
     substeps (training may use fewer: cheaper, and the cost barely moves while
     a substep stays well below ``actuator_tau``). Deterministic in ``seed``.
