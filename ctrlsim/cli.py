@@ -255,8 +255,9 @@ def _cmd_train(args) -> int:
           f"{int((held[i] >= learn.DIVERGED_COST).sum())}/{args.heldout}"]
          for i, (name, _) in enumerate(rows)]))
     gain = 1.0 - held[0].mean() / held[1].mean()
-    _out(f"trained vs tuned PI on the held-out variants: {100 * gain:+.1f} % lower cost "
-         f"(evaluation {time.perf_counter() - t0:.0f} s)")
+    _out(f"trained vs tuned PI on the held-out variants: {100 * abs(gain):.1f} % "
+         f"{'lower' if gain >= 0 else 'higher'} cost (evaluation "
+         f"{time.perf_counter() - t0:.0f} s)")
     _out(f"wrote {args.out}")
     _out(f"plot written to {curve_shown}")
     if args.report:
