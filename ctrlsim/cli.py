@@ -264,6 +264,118 @@ def _analysis_report(an) -> str:
     return "\n".join(lines)
 
 
+def _cmd_train(args) -> int:
+    import time
+
+    from . import learn
+    from .controllers import controller as spec_controller
+    from .plotting import dead_units_plot, learning_curve, plain_text
+
+    sc = load_scenario(args.scenario)
+    hidden = _parse_hidden(args.hidden)
+    if not (math.isfinite(args.alpha) and 0.0 <= args.alpha <= 1.0):
+        raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}", key="--alpha")
+    if not (math.isfinite(args.budget) and 1.0 <= args.budget <= 86400.0):
+        raise UsageError(f"--budget must be from 1 to 86400 seconds, got {args.budget}",
+                         key="--budget")
+    if not 0 <= args.seed < 2**32:
+        raise UsageError(f"--seed must be from 0 to 2**32 - 1, got {args.seed}", key="--seed")
+    if not 1 <= args.heldout <= 2000:
+        raise UsageError(f"--heldout must be from 1 to 2000, got {args.heldout}",
+                         key="--heldout")
+    if Path(args.out).suffix.lower() != ".npz":
+        raise UsageError(f"--out {args.out}: give a file name ending in .npz", key="--out")
+    out = check_output("--out", args.out)
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", sc.name).strip("._")[:80] or "scenario"
+    curve_shown = str(Path("plots") / f"{safe}-train.png")
+    curve = check_output("--plot", curve_shown)
+    dead_shown = str(Path("plots") / f"{safe}-dead-relu.png")
+    dead_target = check_output("--report", dead_shown) if args.report else None
+    from tqdm import tqdm
+
+    with tqdm(total=round(args.budget), unit="s", file=sys.stderr, leave=False,
+              bar_format="{l_bar}{bar}| {n:.0f}/{total} s {postfix}") as bar:
+        def progress(stage, seconds, value):
+            bar.set_postfix_str(f"{stage} {value:.4g}", refresh=False)
+            bar.update(min(seconds, bar.total) - bar.n)
+
+        res = learn.train(sc, hidden=hidden, activation=args.activation, alpha=args.alpha,
+                          method=args.method, seed=args.seed, budget=args.budget,
+                          progress=progress)
+    buf = io.BytesIO()
+    net = res.controller
+    net.save(buf)
+    with atomic_write(out, "--out") as fh:
+        fh.write(buf.getbuffer())
+    _save(learning_curve(res.imitation, res.es, title=plain_text(
+        f"{sc.name}: {args.method} training, {args.activation} {args.hidden}")), curve)
+    t0 = time.perf_counter()
+    heldout = learn.variants(sc, args.heldout, seed=args.seed + 1_000_003)
+    rows = [(f"mlp:{args.out} (trained)", net), (f"{res.expert.spec} (tuned PI)", res.expert)]
+    rows += [(s, spec_controller(s)) for s in DEFAULT_COMPARISON]
+    ctls = [c for _, c in rows]
+    on_sc = learn.evaluate(ctls, [sc])[:, 0]
+    held = learn.evaluate(ctls, heldout)
+    _out(f"{_line(sc.name)}: trained in {res.seconds:.0f} s ({args.method}, "
+         f"{args.activation}, hidden {','.join(map(str, hidden))}); "
+         f"cost = ITAE/T + {learn.EFFORT_WEIGHT:g}*effort (docs/learning.md)")
+    _out(_plain_table(
+        ["controller", "cost (scenario)", f"cost ({args.heldout} held-out, mean)",
+         "worst", "diverged"],
+        [[_line(name), f"{on_sc[i]:.4g}", f"{held[i].mean():.4g}", f"{held[i].max():.4g}",
+          f"{int((held[i] >= learn.DIVERGED_COST).sum())}/{args.heldout}"]
+         for i, (name, _) in enumerate(rows)]))
+    gain = 1.0 - held[0].mean() / held[1].mean()
+    _out(f"trained vs tuned PI on the held-out variants: {100 * abs(gain):.1f} % "
+         f"{'lower' if gain >= 0 else 'higher'} cost (evaluation "
+         f"{time.perf_counter() - t0:.0f} s)")
+    _out(f"wrote {args.out}")
+    _out(f"plot written to {curve_shown}")
+    if args.report:
+        results = learn.dead_relu_experiment(sc, hidden=hidden, alpha=args.alpha,
+                                             seed=args.seed)
+        _save(dead_units_plot(results, title=plain_text(
+            f"{sc.name}: imitation from negative biases, hidden {args.hidden}")),
+            dead_target)
+        _out("")
+        _out(dead_relu_table(results))
+        _out(f"plot written to {dead_shown}")
+    return 0
+
+
+def dead_relu_table(results: dict) -> str:
+    """Markdown table of :func:`ctrlsim.learn.dead_relu_experiment`."""
+    lines = ["| hidden units | dead at start | dead after training | imitation loss at start "
+             "| after training | closed-loop cost |", "|---|---|---|---|---|---|"]
+    for label, (net, log, cost) in results.items():
+        name = label if label != "leaky" else f"leaky (alpha {net.alpha:g})"
+        lines.append(f"| {name} | {100 * log.dead[0]:.0f} % | {100 * log.dead[-1]:.0f} % "
+                     f"| {log.loss[0]:.3g} | {log.loss[-1]:.3g} | {cost:.3g} |")
+    return "\n".join(lines)
+
+
+def _plain_table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _parse_hidden(text: str) -> tuple[int, ...]:
+    from .mlp import MAX_HIDDEN_LAYERS, MAX_WIDTH
+
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or len(sizes) > MAX_HIDDEN_LAYERS or not all(
+            1 <= n <= MAX_WIDTH for n in sizes):
+        raise UsageError(f"--hidden {text!r}: expected widths like 16,16 (1 to "
+                         f"{MAX_HIDDEN_LAYERS} layers of 1 to {MAX_WIDTH} units)",
+                         key="--hidden")
+    return sizes
+
+
 def _cmd_gallery(args) -> int:
     from .gallery import make_gallery
 
@@ -479,6 +591,25 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_analyze)
     _output_args(s, "write a Nyquist plot with the critical disk "
                  "(default: plots/<scenario>-analyze.png)")
+
+    s = add("train", help="train an MLP controller for a scenario (docs/learning.md)")
+    s.add_argument("scenario", help="shipped scenario name or TOML path")
+    s.add_argument("--out", required=True, metavar="FILE.npz", help="where to save the network")
+    s.add_argument("--activation", choices=("relu", "leaky", "tanh"), default="leaky",
+                   help="hidden-layer activation (default: leaky)")
+    s.add_argument("--alpha", type=float, default=0.1,
+                   help="Leaky ReLU slope of the hidden units (default: 0.1)")
+    s.add_argument("--hidden", default="16,16", help="hidden layer widths (default: 16,16)")
+    s.add_argument("--method", choices=("imitation", "es"), default="es",
+                   help="imitation of the tuned PI only, or imitation then CMA-ES (default)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    s.add_argument("--budget", type=float, default=240.0, metavar="SECONDS",
+                   help="training time (default: 240)")
+    s.add_argument("--heldout", type=int, default=100, metavar="N",
+                   help="held-out randomised variants in the final table (default: 100)")
+    s.add_argument("--report", action="store_true",
+                   help="also run the dead-ReLU experiment (figure and markdown table)")
+    s.set_defaults(func=_cmd_train)
 
     s = add("gallery", help="write the README's gallery of plots")
     s.add_argument("--out", default="plots", help="output folder (default: plots)")

@@ -260,7 +260,9 @@ def controller(spec: str) -> Controller:
     ----------
     spec : str
         ``TYPE`` is ``relu``, ``leaky`` or ``linear``; ``:ALPHA`` sets the
-        Leaky ReLU slope; keys are ``kp, ki, kd, kaw, feedforward`` (alias
+        Leaky ReLU slope; ``mlp:FILE.npz`` loads a learned controller
+        (:func:`ctrlsim.mlp.load_mlp`; everything after ``mlp:`` is the path);
+        keys are ``kp, ki, kd, kaw, feedforward`` (alias
         ``ff``) and ``alpha``. Unset gains are taken from the scenario.
 
     Raises
@@ -282,7 +284,11 @@ def controller(spec: str) -> Controller:
     kind, colon, alpha = head.partition(":")
     kind = kind.strip().lower()
     if kind == "mlp":
-        raise _spec_error(spec, "mlp controllers are not available in this version of ctrlsim")
+        from .mlp import mlp_from_spec
+
+        if not colon:
+            raise _spec_error(spec, "mlp needs a weights file: mlp:FILE.npz")
+        return mlp_from_spec(spec.strip().partition(":")[2])  # the rest is the path
     if kind not in _TYPES:
         raise _spec_error(spec, f"unknown type {kind!r} (expected one of {', '.join(_TYPES)})")
     kwargs: dict[str, float] = {}
@@ -316,11 +322,14 @@ def as_controller(obj) -> Controller | CustomController | None:
     ValueError
         (a :class:`~ctrlsim.validation.ParameterError`) for a bad spec.
     """
-    if obj is None or isinstance(obj, (Controller, CustomController)):
+    from .mlp import MLPController
+
+    if obj is None or isinstance(obj, (Controller, CustomController, MLPController)):
         return obj
     if isinstance(obj, str):
         return controller(obj)
-    raise ParameterTypeError("controller", "must be a Controller, a CustomController, a spec "
+    raise ParameterTypeError("controller", "must be a Controller, a CustomController, an "
+                             "MLPController, a spec "
                              f"string or None, got {type(obj).__name__}")
 
 

@@ -41,6 +41,7 @@ from numba import njit, prange
 
 __all__ = [
     "PLANT_LAYOUT", "N_PLANT", "CTRL_HEADER", "PID_LAYOUT", "N_PID", "LAW_PID",
+    "LAW_MLP", "MLP_LAYOUT", "N_MLP_HEADER", "ACT_RELU", "ACT_LEAKY", "ACT_TANH", "ACT_LINEAR",
     "KIND_ROBOT", "KIND_CAR", "OUT_FIELDS", "Profiles", "control_step",
     "plant_interval", "equilibrium_command", "rollout", "rollout_batch",
     "advance_batch", "batch_work", "input_cache", "specialise",
@@ -69,6 +70,22 @@ PID_LAYOUT = CTRL_HEADER + ("kp", "ki", "kd", "feedforward")
  C_FF) = range(len(PID_LAYOUT))
 N_PID = len(PID_LAYOUT)
 LAW_PID = 0.0
+# Multilayer perceptron: header, then its own header (MLP_LAYOUT), then each
+# layer as ``n_out, n_in, W (n_out*n_in, row-major), b (n_out)``, then scratch
+# space for the forward pass (two buffers of ``width`` floats) at the tail, so
+# the forward pass allocates nothing. The network's output is the command
+# ``u = out_offset + out_scale*out_act(last layer)``; for the integrator header
+# the law uses integrate = 1, aw_gain = kaw, aw_slope = 1 (``dz = e + kaw*(a-u)``).
+LAW_MLP = 1.0
+MLP_LAYOUT = CTRL_HEADER + ("n_weight_layers", "activation", "alpha", "out_activation",
+                            "out_scale", "out_offset", "scratch", "width",
+                            "in_scale_e", "in_scale_z", "in_scale_d", "in_scale_y",
+                            "in_scale_r")
+(M_NLAYERS, M_ACT, M_ALPHA, M_OUT_ACT, M_OUT_SCALE, M_OUT_OFFSET, M_SCRATCH,
+ M_WIDTH, M_IN_SCALE) = range(len(CTRL_HEADER), len(CTRL_HEADER) + 9)
+N_MLP_HEADER = len(MLP_LAYOUT)
+# Activation codes (hidden: relu/leaky/tanh; output: linear/tanh).
+ACT_RELU, ACT_LEAKY, ACT_TANH, ACT_LINEAR = 0.0, 1.0, 2.0, 3.0
 
 # Columns of a rollout's output array.
 OUT_FIELDS = ("position", "speed", "force", "command", "applied")
@@ -373,8 +390,12 @@ def control_law(e, z, d, y, r, cp):
     """Pre-activation ``s`` and output ``u = phi(s)`` of the law coded in ``cp``.
 
     Inputs: error, integrator state, error derivative, measured speed and
-    reference. Built-in: the piecewise-linear PID family.
+    reference. Built-in: the piecewise-linear PID family, and the multilayer
+    perceptron (:data:`LAW_MLP`, output ``u`` with ``s = u``).
     """
+    if cp[C_LAW] == LAW_MLP:
+        u = mlp_forward(e, z, d, y, r, cp)
+        return u, u
     s = cp[C_KP] * e + cp[C_KI] * z + cp[C_KD] * d + cp[C_FF] * r
     u = s if s >= 0.0 else cp[C_SLOPE] * s
     return s, u
@@ -385,8 +406,11 @@ def controller_preload(a0, v0, cp):
     """Integrator state and output of a controller that was holding ``a0``.
 
     ``z0 = (phi_inv(a0) - feedforward * v0) / ki`` (0 when ki = 0) and the
-    output ``phi(phi_inv(a0))`` it was producing.
+    output ``phi(phi_inv(a0))`` it was producing. An MLP starts from
+    ``z0 = 0`` and its output at ``(0, 0, 0, v0, v0)``.
     """
+    if cp[C_LAW] == LAW_MLP:
+        return 0.0, mlp_forward(0.0, 0.0, 0.0, v0, v0, cp)
     s0 = _phi_inv(a0, cp[C_SLOPE])
     z0 = (s0 - cp[C_FF] * v0) / cp[C_KI] if cp[C_KI] != 0.0 else 0.0
     u0 = s0 if s0 >= 0.0 else cp[C_SLOPE] * s0
@@ -1010,3 +1034,57 @@ def step_batch(act, mode, state, k, plant, cbase, use_base, start, ref, noise, p
                            work)
     _env_finish(0, nb, mode, state, k, plant, start, ref, noise, prof, work, weights,
                 scales, obs, reward, terminated, truncated)
+
+# Multilayer perceptron law (LAW_MLP)
+# --------------------------------------------------------------------------
+@njit(cache=True, inline="always", error_model="numpy")
+def _mlp_act(x, code, alpha):
+    """Activation ``code`` (ACT_*) at ``x``."""
+    if code == ACT_RELU:
+        return x if x > 0.0 else 0.0
+    if code == ACT_LEAKY:
+        return x if x >= 0.0 else alpha * x
+    if code == ACT_TANH:
+        return _tanh(x)
+    return x
+
+
+@njit(cache=True, error_model="numpy")
+def mlp_forward(e, z, d, y, r, cp):
+    """Command of the MLP packed in ``cp`` (layout :data:`MLP_LAYOUT`) at the inputs.
+
+    The inputs are multiplied by ``in_scale``; hidden layers use ``activation``
+    (alpha for leaky), the last layer ``out_activation``; the result is
+    ``out_offset + out_scale*out``. Works in the scratch space at the tail of
+    ``cp`` (no allocation), so ``cp`` must be writable and not shared between
+    threads.
+    """
+    nl = int(cp[M_NLAYERS])
+    act, alpha = cp[M_ACT], cp[M_ALPHA]
+    src = int(cp[M_SCRATCH])
+    dst = src + int(cp[M_WIDTH])
+    cp[src] = e * cp[M_IN_SCALE]
+    cp[src + 1] = z * cp[M_IN_SCALE + 1]
+    cp[src + 2] = d * cp[M_IN_SCALE + 2]
+    cp[src + 3] = y * cp[M_IN_SCALE + 3]
+    cp[src + 4] = r * cp[M_IN_SCALE + 4]
+    pos = N_MLP_HEADER
+    out = 0.0
+    for layer in range(nl):
+        n_out = int(cp[pos])
+        n_in = int(cp[pos + 1])
+        w = pos + 2
+        b = w + n_out * n_in
+        last = layer == nl - 1
+        for i in range(n_out):
+            acc = cp[b + i]
+            row = w + i * n_in
+            for j in range(n_in):
+                acc += cp[row + j] * cp[src + j]
+            if last:
+                out = _mlp_act(acc, cp[M_OUT_ACT], 0.0)
+            else:
+                cp[dst + i] = _mlp_act(acc, act, alpha)
+        src, dst = dst, src
+        pos = b + n_out
+    return cp[M_OUT_OFFSET] + cp[M_OUT_SCALE] * out

@@ -217,11 +217,10 @@ class _Parser:
         kind = self.string(section, "type", "controller.type",
                            type(default_controller(preset)).kind)
         if kind == "mlp":
-            raise self.fail("controller.type", "mlp controllers are not available in this "
-                            "version of ctrlsim")
+            return self.mlp(section)
         if kind not in ("relu", "leaky", "linear"):
             raise self.fail("controller.type", f"unknown type {kind!r} "
-                            "(expected relu, leaky or linear)")
+                            "(expected relu, leaky, linear or mlp)")
         if "weights" in section:
             raise self.fail("controller.weights", "only for type = \"mlp\"")
         if "alpha" in section and kind != "leaky":
@@ -229,6 +228,25 @@ class _Parser:
         values = {k: self.number(section, k, f"controller.{k}")
                   for k in section if k != "type"}
         return self.build(from_dict, "controller.", kind=kind, values=values)
+
+    def mlp(self, section: dict):
+        """``type = "mlp"``: the network in ``weights`` (relative to the scenario file)."""
+        from .mlp import load_mlp
+
+        for k in section:
+            if k not in ("type", "weights"):
+                raise self.fail(f"controller.{k}", "not for type = \"mlp\" (the network "
+                                "file holds all its parameters)")
+        if "weights" not in section:
+            raise self.fail("controller.weights", "missing (the .npz file of the network)")
+        name = self.string(section, "weights", "controller.weights")
+        path = Path(name)
+        if not path.is_absolute():
+            path = self.base / path
+        try:
+            return load_mlp(path, label=name)
+        except ParameterError as exc:
+            raise self.fail("controller.weights", str(exc)) from None
 
     def reference(self, data: dict) -> Reference:
         if "reference" not in data:

@@ -20,7 +20,8 @@ from .simulate import Trajectory
 from .sweep import SweepResult
 from .validation import safe_text
 
-__all__ = ["step_response", "tracking", "sweep_plot", "comparison", "METRIC_LABELS"]
+__all__ = ["step_response", "tracking", "sweep_plot", "comparison", "METRIC_LABELS",
+           "learning_curve", "dead_units_plot"]
 
 METRIC_LABELS = {key: metric_label(key) for key in METRIC_KEYS}
 
@@ -221,3 +222,46 @@ def _param_label(name: str) -> str:
 def _colors():
     return ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
             "#7f7f7f", "#bcbd22", "#17becf"] * 10
+
+
+def learning_curve(imitation, es=None, title: str = "training") -> Figure:
+    """Imitation loss per epoch and, if given, the ES best cost per generation.
+
+    ``imitation`` and ``es`` are :class:`ctrlsim.learn.TrainLog`.
+    """
+    panels = 2 if es is not None else 1
+    fig = Figure(figsize=(9, 3.6 * panels), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(panels, 1))
+    fig.suptitle(plain_text(title))
+    axes[0].semilogy(imitation.step, imitation.loss, marker=".")
+    axes[0].set_xlabel("imitation epoch")
+    axes[0].set_ylabel("MSE (command / scale)²")
+    if es is not None:
+        axes[1].plot(es.step, es.loss, marker=".", color="#d62728")
+        axes[1].set_xlabel("ES generation")
+        axes[1].set_ylabel("best mean cost (training variants)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def dead_units_plot(results: dict, title: str = "dead ReLU units") -> Figure:
+    """Loss and dead-unit fraction over imitation epochs, one line per activation.
+
+    ``results`` maps a label to ``(controller, TrainLog, cost)``
+    (:func:`ctrlsim.learn.dead_relu_experiment`).
+    """
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax_loss, ax_dead = fig.subplots(1, 2)
+    fig.suptitle(plain_text(title))
+    for (label, (_, log, _)), color in zip(results.items(), _colors()):
+        ax_loss.semilogy(log.step, log.loss, color=color, label=label)
+        ax_dead.plot(log.step, 100 * np.asarray(log.dead), color=color, label=label)
+    ax_loss.set_ylabel("imitation MSE (command / scale)²")
+    ax_dead.set_ylabel("dead hidden units [%]")
+    ax_dead.set_ylim(-2, 102)
+    for ax in (ax_loss, ax_dead):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig

@@ -232,7 +232,10 @@ class Scenario:
         setv("initial_speed", finite_float("initial_speed", self.initial_speed))
         _need_type("plant", self.plant, Plant, "build one with make_plant(preset, ...)")
         if self.controller is not None:
-            _need_type("controller", self.controller, (Controller, CustomController),
+            from .mlp import MLPController
+
+            _need_type("controller", self.controller,
+                       (Controller, CustomController, MLPController),
                        "use ctrlsim.controller(spec)")
         _need_type("road", self.road, Road)
         _need_type("sensor", self.sensor, Sensor)

@@ -20,6 +20,7 @@ from .metrics import METRIC_KEYS
 from .plant import PRESET_FIELDS
 from .scenario import Scenario, as_scenario
 from .simulate import Trajectory, check_setup, make_trajectory, warn_infeasible_start
+from .validation import ParameterError
 
 __all__ = ["sweep", "SweepResult", "sweepable"]
 
@@ -220,9 +221,9 @@ def _check_params(scenario: Scenario, params: Mapping[str, Sequence[float]], pro
 
 def _set_controller(base, setting: dict, preset: str):
     gains = {n: float(v) for n, v in setting.items() if n in GAIN_NAMES}
-    if isinstance(base, CustomController):
+    if isinstance(base, CustomController) or getattr(base, "kind", "") == "mlp":
         if gains or "alpha" in setting:
-            raise ValueError("sweep: a custom controller has no gains to sweep")
+            raise ParameterError("sweep", f"a {base.kind} controller has no gains to sweep")
         return base
     if "alpha" in setting:
         values = {n: getattr(base, n) for n in GAIN_NAMES}

@@ -66,7 +66,7 @@ def test_controller_spec(spec, expected):
     ("pid", "unknown type"), ("relu:0.1", "only leaky"), ("leaky:abc", "alpha"),
     ("linear,kp", "bad setting"), ("linear,gain=3", "bad setting"),
     ("leaky:2", "alpha"), ("linear,kp=nan", "finite"), ("", "non-empty"),
-    ("mlp:ctrl.npz", "not available"),
+    ("mlp:ctrl.npz", "cannot read"), ("mlp", "weights file"),
 ])
 def test_bad_controller_specs(spec, fragment):
     with pytest.raises(ValueError, match=fragment):
