@@ -168,13 +168,16 @@ def _cmd_sweep(args) -> int:
         raise UsageError("--plot draws 1-D or 2-D sweeps; give at most two --param")
     ctl = parse_controller(args.controller) if args.controller else None
     targets = _check_outputs(args, sc, "sweep-" + "-".join(params))
+    if args.resume and not args.csv:
+        raise UsageError("--resume continues the file given with --csv; give --csv FILE",
+                         key="--resume")
     total = math.prod(len(v) for v in params.values())  # Python ints: never wraps
     with _progress(total) as bar:
-        res = sweep(sc, params, controller=ctl, progress=lambda done, n: bar.update(done - bar.n))
+        res = sweep(sc, params, controller=ctl, scheduler=args.scheduler,
+                    csv=targets.get("--csv"), resume=args.resume,
+                    progress=lambda done, n: bar.update(done - bar.n))
     rows = res.rows()
     spec = args.controller or sc.resolved_controller(ctl).spec
-    if args.csv:
-        _write_rows_csv(rows, targets["--csv"])
     if args.plot is not None:
         from .plotting import plain_text, sweep_plot
 
@@ -311,13 +314,6 @@ def _write_trajectory_csv(tr: Trajectory, target: Path) -> None:
         writer.writerows(zip(*(c.tolist() for c in cols.values())))
 
 
-def _write_rows_csv(rows: list[dict], target: Path) -> None:
-    with atomic_write(target, "--csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def _progress(total: int):
     from tqdm import tqdm
 
@@ -395,7 +391,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-c", "--controller", help=spec_help + " (default: the scenario's)")
     s.add_argument("--metric", action="append",
                    help="metric to plot (repeatable; default overshoot, settling_time)")
-    s.add_argument("--csv", metavar="FILE", help="write the sweep table as CSV")
+    s.add_argument("--csv", metavar="FILE",
+                   help="write the sweep table as CSV, block by block (valid if interrupted)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the unfinished --csv FILE of the same sweep")
+    s.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="run the blocks on a Dask cluster (needs ctrlsim[dask])")
     s.set_defaults(func=_cmd_sweep)
     _output_args(s, plot_help)
 

@@ -114,7 +114,7 @@ def test_custom_law_must_be_jitted():
 
 def test_batch_rows_equal_single_runs():
     sc = _scenario()
-    res = ctrlsim.sweep(sc, {"kp": [20.0, 60.0], "mass": [20.0, 35.0]})
+    res = ctrlsim.sweep(sc, {"kp": [20.0, 60.0], "mass": [20.0, 35.0]}, keep_trajectories=True)
     assert res.shape == (2, 2)
     for i, (kp, mass) in enumerate([(20, 20), (20, 35), (60, 20), (60, 35)]):
         sc_i = _scenario(plant=make_plant("robot", mass=mass))
