@@ -172,10 +172,18 @@ def _cmd_sweep(args) -> int:
         raise UsageError("--resume continues the file given with --csv; give --csv FILE",
                          key="--resume")
     total = math.prod(len(v) for v in params.values())  # Python ints: never wraps
-    with _progress(total) as bar:
+    bars = []  # started at the first finished block: loading the kernels does not count
+
+    def progress(done: int, n: int) -> None:
+        if not bars:
+            bars.append(_progress(total))
+        bars[0].update(done - bars[0].n)
+    try:
         res = sweep(sc, params, controller=ctl, scheduler=args.scheduler,
-                    csv=targets.get("--csv"), resume=args.resume,
-                    progress=lambda done, n: bar.update(done - bar.n))
+                    csv=targets.get("--csv"), resume=args.resume, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
     rows = res.rows()
     spec = args.controller or sc.resolved_controller(ctl).spec
     if args.plot is not None:

@@ -464,8 +464,12 @@ class _CsvSink:
         flags = ["True" if d >= 0 else "False" for d in div_at.tolist()]
         lines = [",".join([*(repr(p[i]) for p in params), flags[i],
                            *map(repr, m)]) for i, m in enumerate(metrics.tolist())]
-        self.fh.write("\n".join(lines) + "\n")
-        self.fh.flush()
+        try:
+            self.fh.write("\n".join(lines) + "\n")
+            self.fh.flush()
+        except OSError as exc:
+            from .files import OutputError
+            raise OutputError(f"--csv {self.path}: cannot write ({exc.strerror or exc})") from None
 
     def finish(self) -> None:
         self.fh.close()
