@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -184,24 +185,52 @@ def _cmd_sweep(args) -> int:
     finally:
         for bar in bars:
             bar.close()
-    rows = res.rows()
     spec = args.controller or sc.resolved_controller(ctl).spec
     if args.plot is not None:
         from .plotting import plain_text, sweep_plot
 
         _save(sweep_plot(res, metrics, title=plain_text(f"{sc.name}: sweep")),
               targets["--plot"])
+    # Streamed row by row: a 100 000-point table must not be built in memory.
     if args.json:
-        _print_json({"scenario": sc.name, "controller": spec, "params": list(res.names),
-                     "results": [{"controller": spec, "params": {n: r[n] for n in res.names},
-                                  "diverged": r["diverged"],
-                                  "metrics": {k: r[k] for k in METRIC_KEYS}} for r in rows]})
+        head = json.dumps(_strict({"scenario": sc.name, "controller": spec,
+                                   "params": list(res.names)}), allow_nan=False)
+        items = (json.dumps(_strict({"controller": spec, "params": {n: r[n] for n in res.names},
+                                     "diverged": r["diverged"],
+                                     "metrics": {k: r[k] for k in METRIC_KEYS}}),
+                            allow_nan=False) for r in res.iter_rows())
+        _out_lines(itertools.chain([head[:-1] + ', "results": ['],
+                                   _joined(items, ","), ["]}"]))
     else:
         _out(f"{_line(sc.name)}: sweep of {', '.join(res.names)} ({total} runs)")
-        _out(_table([_fmt_row([f"{r[n]:g}" for n in res.names], r, r["diverged"])
-                     for r in rows], headers=list(res.names)))
+        cells = lambda: (_fmt_row([f"{r[n]:g}" for n in res.names], r, r["diverged"])  # noqa: E731
+                         for r in res.iter_rows())
+        _out_lines(_table_lines(cells, headers=list(res.names)))
     _wrote(targets, args.json)
     return 0
+
+
+def _joined(items, sep: str):
+    """``items`` with ``sep`` after every one but the last."""
+    prev = None
+    for item in items:
+        if prev is not None:
+            yield prev + sep
+        prev = item
+    if prev is not None:
+        yield prev
+
+
+def _out_lines(lines, chunk: int = 2000) -> None:
+    """Print many lines, a chunk at a time."""
+    buf = []
+    for line in lines:
+        buf.append(line)
+        if len(buf) >= chunk:
+            _out("\n".join(buf))
+            buf = []
+    if buf:
+        _out("\n".join(buf))
 
 
 def _cmd_gallery(args) -> int:
@@ -254,14 +283,24 @@ def _fmt_row(lead: list[str], m: dict, diverged: bool, at: float | None = None) 
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
+    return "\n".join(_table_lines(lambda: iter(rows), headers))
+
+
+def _table_lines(rows, headers: list[str]):
+    """Lines of the table; ``rows()`` gives the rows afresh (two passes: widths, then lines)."""
     headers = headers + [h for _, h, _ in _COLUMNS] + ["status"]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    widths = [len(h) for h in headers]
+    for r in rows():
+        widths = [max(w, len(c)) for w, c in zip(widths, r)]
     n_lead = len(headers) - len(_COLUMNS) - 1
 
     def line(cells):
         return "  ".join(c.ljust(w) if i < n_lead or i == len(cells) - 1 else c.rjust(w)
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    yield line(headers)
+    yield line(["-" * w for w in widths])
+    for r in rows():
+        yield line(r)
 
 
 def _print_json(obj) -> None:

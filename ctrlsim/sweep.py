@@ -16,7 +16,8 @@ import hashlib
 import itertools
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -85,10 +86,15 @@ class SweepResult:
 
     def rows(self) -> list[dict[str, float]]:
         """One dict per grid point: parameters, ``diverged`` and metrics."""
-        return [{**{n: float(self.values[n][i]) for n in self.names},
-                 "diverged": bool(self.diverged[i]),
-                 **{m: float(self.metrics[m][i]) for m in METRIC_KEYS}}
-                for i in range(self.diverged.size)]
+        return list(self.iter_rows())
+
+    def iter_rows(self) -> Iterator[dict[str, float]]:
+        """:meth:`rows` one at a time (a dict is ~1.5 kB: big sweeps should stream)."""
+        values = [self.values[n].tolist() for n in self.names]
+        metrics = [self.metrics[m].tolist() for m in METRIC_KEYS]
+        for i, div in enumerate(self.diverged.tolist()):
+            yield {**{n: float(v[i]) for n, v in zip(self.names, values)},
+                   "diverged": div, **{m: c[i] for m, c in zip(METRIC_KEYS, metrics)}}
 
 
 def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
@@ -154,6 +160,8 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
         raise ParameterTypeError("keep_trajectories", "must be True or False")
     if keep_trajectories and scheduler is not None:
         raise ParameterError("keep_trajectories", "only for local sweeps (scheduler=None)")
+    if keep_trajectories and resume:
+        raise ParameterError("keep_trajectories", "cannot be combined with resume")
     names, axes, plant_table = _check_params(scenario, params, progress, keep_trajectories)
     base = scenario.resolved_controller(controller)
     for name, axis in zip(names, axes):  # every controller value is valid on its own
@@ -165,18 +173,18 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
     total = plan.rows
     metrics = np.empty((total, N_METRICS))
     div_at = np.empty(total, dtype=np.int64)
-    sink = _CsvSink(csv, plan, resume) if csv is not None else None
+    client, own = _connect(scheduler) if scheduler is not None else (None, False)
+    sink = None
     trajs: list[Trajectory] | None = [] if keep_trajectories else None
     feasible = True
     try:
+        sink = _CsvSink(csv, plan, resume) if csv is not None else None
         start = 0
         if sink is not None:
             start = sink.open(metrics, div_at)
             if progress is not None and start:
                 progress(start, total)
         blocks = [(lo, min(lo + plan.block, total)) for lo in range(start, total, plan.block)]
-        if trajs is not None and start:
-            raise ParameterError("keep_trajectories", "cannot be combined with resume")
 
         def done(lo, hi, m, d, f):
             nonlocal feasible
@@ -185,8 +193,8 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
             if progress is not None:
                 progress(hi, total)
 
-        if scheduler is not None:
-            _run_dask(plan, scheduler, blocks, done, sink)
+        if client is not None:
+            _run_dask(plan, client, blocks, done, sink)
         else:
             buf = np.empty((min(plan.block, total), plan.prof.ref.size, len(K.OUT_FIELDS)))
             for lo, hi in blocks:
@@ -202,6 +210,8 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
     finally:
         if sink is not None:
             sink.close()
+        if own:
+            client.close()
     if not feasible:
         warn_infeasible_start(scenario)
     idx = np.unravel_index(np.arange(total), plan.shape) if total else ()
@@ -336,26 +346,32 @@ def _trajectories(scenario, base, plan, lo, hi, out, div):
     return trajs
 
 
-def _run_dask(plan, scheduler, blocks, done, sink) -> None:
-    """Run the blocks as Dask tasks; hand them to ``done``/``sink`` in grid order."""
+def _connect(scheduler):
+    """``(client, owned)`` for a scheduler address or client, checked before any work."""
     try:
-        from dask.distributed import Client, as_completed
+        from dask.distributed import Client
     except ImportError:
         raise ParameterError("scheduler", "needs Dask: pip install 'ctrlsim[dask]'") from None
     if isinstance(scheduler, Client):
-        client, own = scheduler, False
-    elif isinstance(scheduler, str):
+        return scheduler, False
+    if isinstance(scheduler, str):
         try:
-            client, own = Client(scheduler, timeout="10s"), True
+            return Client(scheduler, timeout="10s"), True
         except (OSError, TimeoutError, ValueError) as exc:
             raise ParameterError("scheduler", f"cannot connect to {scheduler}: {exc}") from None
-    else:
-        raise ParameterTypeError("scheduler", "must be an address such as tcp://HOST:PORT, "
-                                 f"or a dask.distributed.Client, got {type(scheduler).__name__}")
+    raise ParameterTypeError("scheduler", "must be an address such as tcp://HOST:PORT, "
+                             f"or a dask.distributed.Client, got {type(scheduler).__name__}")
+
+
+def _run_dask(plan, client, blocks, done, sink) -> None:
+    """Run the blocks as Dask tasks; hand them to ``done``/``sink`` in grid order."""
+    from dask.distributed import as_completed
+
     futures = []
     try:
         plan_f = client.scatter(plan, broadcast=True, hash=False)
-        key = plan.fingerprint[:16]
+        # Unique per call: a cancelled earlier run on the same client keeps no claim on keys.
+        key = f"{plan.fingerprint[:12]}-{uuid.uuid4().hex[:8]}"
         futures = [client.submit(run_block, plan_f, lo, hi, key=f"ctrlsim-block-{key}-{lo}")
                    for lo, hi in blocks]
         bounds = dict(blocks)
@@ -378,8 +394,6 @@ def _run_dask(plan, scheduler, blocks, done, sink) -> None:
         for fut in futures:
             if not fut.done():
                 fut.cancel()
-        if own:
-            client.close()
 
 
 class _CsvSink:
