@@ -42,7 +42,7 @@ MAX_CHUNK_WORK = 16_000_000
 MAX_BLOCK_SAMPLES = 2_500_000
 MAX_BLOCK_ROWS = 4096
 # A whole sweep: 1e10 substeps is ~5-10 min on two cores (the 100 000-point,
-# 1e9-substep sweep takes well under a minute); rows counted with their overhead.
+# 1e9-substep sweep: 35-70 s, depending on load); rows counted with their overhead.
 MAX_SWEEP_WORK = 10_000_000_000
 # Rows of a sweep: the per-row results (17 metrics + parameters) stay in memory,
 # ~150 bytes a row.

@@ -243,3 +243,21 @@ def test_rk4_speed_error_converges_and_the_defaults_stay_below_1e6():
     assert smooth_[1] / smooth_[4] > 100 and smooth_[4] / smooth_[10] > 20, smooth_  # 4th order
     # The defaults (10 substeps; the benchmark's 5; the car scenarios' 2) stay below 1e-6.
     assert max(robot[4], robot[10], car[2]) < 1e-6 and max(car.values()) < 1e-9, errs
+
+
+def test_a_custom_law_sweeps_over_plant_fields_like_single_runs():
+    from numba import njit
+
+    @njit
+    def law(e, z, d, y, r):
+        return 60.0 * e + 25.0 * z
+
+    ctl = ctrlsim.CustomController(law)
+    sc = Scenario(reference=Reference([(0.5, 2.0)]), duration=4.0, initial_speed=1.0)
+    res = ctrlsim.sweep(sc, {"mass": [20.0, 30.0]}, controller=ctl)
+    for i, mass in enumerate((20.0, 30.0)):
+        one = ctrlsim.simulate(dataclasses.replace(sc, plant=make_plant("robot", mass=mass)),
+                               ctl).metrics()
+        assert all(_close(one[k], res.metrics[k][i]) for k in METRIC_KEYS)
+    with pytest.raises(ValueError, match="custom controller"):
+        ctrlsim.sweep(sc, {"kp": [1.0]}, controller=ctl)
