@@ -189,8 +189,13 @@ def test_a_local_cluster_of_two_worker_processes_gives_the_same_table(tmp_path, 
             distributed.Client(cluster) as client:
         remote = ctrlsim.sweep("decel", grid, scheduler=client, csv=tmp_path / "dask.csv")
         by_address = ctrlsim.sweep("decel", grid, scheduler=cluster.scheduler_address)
-    assert _same(local, remote) and _same(local, by_address)
-    assert (tmp_path / "dask.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
+        from ctrlsim.cli import main
+        code = main(["sweep", "decel", "--param", "alpha=0:1:9", "--param", "mass=20,30",
+                     "--scheduler", cluster.scheduler_address, "--csv",
+                     str(tmp_path / "cli.csv"), "--json"])
+    assert _same(local, remote) and _same(local, by_address) and code == 0
+    for name in ("dask.csv", "cli.csv"):
+        assert (tmp_path / name).read_bytes() == (tmp_path / "local.csv").read_bytes()
 
 
 def test_a_bad_scheduler_is_a_parameter_error():
