@@ -495,7 +495,7 @@ def main() -> None:
             print(f"{name} vs numba (robot, {rows} rows, and car, 3 rows): bit-identical "
                   f"(max |final speed diff| = {diff:.3g} m/s, max |diff| = {diff_all:.3g})")
 
-        res = ctrlsim.sweep(sc, {"alpha": ALPHAS, "kp": KPS})
+        res = ctrlsim.sweep(sc, {"alpha": ALPHAS, "kp": KPS}, keep_trajectories=True)
         sweep_final = np.array([tr.speed[-1] for tr in res.trajectories])
         assert np.array_equal(sweep_final, res_nb[0][:, -1, 1]), "sweep != rollout_batch"
 

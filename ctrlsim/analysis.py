@@ -639,7 +639,8 @@ def stability_map(scenario, gains, alphas, gain: str = "kp", controller=None) ->
     if gain not in ("kp", "ki"):
         raise ParameterError("gain", f"must be 'kp' or 'ki', got {gain!r}")
     sc = as_scenario(scenario)
-    res = sweep(sc, {gain: gains, "alpha": alphas}, controller=controller)
+    res = sweep(sc, {gain: gains, "alpha": alphas}, controller=controller,
+                keep_trajectories=True)
     cert, ok, margin, popov = [], [], [], []
     for tr in res.trajectories:
         op, circ = certify(sc, tr.controller)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -168,27 +169,43 @@ def _cmd_sweep(args) -> int:
         raise UsageError("--plot draws 1-D or 2-D sweeps; give at most two --param")
     ctl = parse_controller(args.controller) if args.controller else None
     targets = _check_outputs(args, sc, "sweep-" + "-".join(params))
+    if args.resume and not args.csv:
+        raise UsageError("--resume continues the file given with --csv; give --csv FILE",
+                         key="--resume")
     total = math.prod(len(v) for v in params.values())  # Python ints: never wraps
-    with _progress(total) as bar:
-        res = sweep(sc, params, controller=ctl, progress=lambda done, n: bar.update(done - bar.n))
-    rows = res.rows()
+    bars = []  # started at the first finished block: loading the kernels does not count
+
+    def progress(done: int, n: int) -> None:
+        if not bars:
+            bars.append(_progress(total))
+        bars[0].update(done - bars[0].n)
+    try:
+        res = sweep(sc, params, controller=ctl, scheduler=args.scheduler,
+                    csv=targets.get("--csv"), resume=args.resume, progress=progress)
+    finally:
+        for bar in bars:
+            bar.close()
     spec = args.controller or sc.resolved_controller(ctl).spec
-    if args.csv:
-        _write_rows_csv(rows, targets["--csv"])
     if args.plot is not None:
         from .plotting import plain_text, sweep_plot
 
         _save(sweep_plot(res, metrics, title=plain_text(f"{sc.name}: sweep")),
               targets["--plot"])
+    # Streamed row by row: a 100 000-point table must not be built in memory.
     if args.json:
-        _print_json({"scenario": sc.name, "controller": spec, "params": list(res.names),
-                     "results": [{"controller": spec, "params": {n: r[n] for n in res.names},
-                                  "diverged": r["diverged"],
-                                  "metrics": {k: r[k] for k in METRIC_KEYS}} for r in rows]})
+        head = json.dumps(_strict({"scenario": sc.name, "controller": spec,
+                                   "params": list(res.names)}), allow_nan=False)
+        items = (json.dumps(_strict({"controller": spec, "params": {n: r[n] for n in res.names},
+                                     "diverged": r["diverged"],
+                                     "metrics": {k: r[k] for k in METRIC_KEYS}}),
+                            allow_nan=False) for r in res.iter_rows())
+        _out_lines(itertools.chain([head[:-1] + ', "results": ['],
+                                   _joined(items, ","), ["]}"]))
     else:
         _out(f"{_line(sc.name)}: sweep of {', '.join(res.names)} ({total} runs)")
-        _out(_table([_fmt_row([f"{r[n]:g}" for n in res.names], r, r["diverged"])
-                     for r in rows], headers=list(res.names)))
+        cells = lambda: (_fmt_row([f"{r[n]:g}" for n in res.names], r, r["diverged"])  # noqa: E731
+                         for r in res.iter_rows())
+        _out_lines(_table_lines(cells, headers=list(res.names)))
     _wrote(targets, args.json)
     return 0
 
@@ -375,6 +392,28 @@ def _parse_hidden(text: str) -> tuple[int, ...]:
                          key="--hidden")
     return sizes
 
+def _joined(items, sep: str):
+    """``items`` with ``sep`` after every one but the last."""
+    prev = None
+    for item in items:
+        if prev is not None:
+            yield prev + sep
+        prev = item
+    if prev is not None:
+        yield prev
+
+
+def _out_lines(lines, chunk: int = 2000) -> None:
+    """Print many lines, a chunk at a time."""
+    buf = []
+    for line in lines:
+        buf.append(line)
+        if len(buf) >= chunk:
+            _out("\n".join(buf))
+            buf = []
+    if buf:
+        _out("\n".join(buf))
+
 
 def _cmd_gallery(args) -> int:
     from .gallery import make_gallery
@@ -426,14 +465,24 @@ def _fmt_row(lead: list[str], m: dict, diverged: bool, at: float | None = None) 
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
+    return "\n".join(_table_lines(lambda: iter(rows), headers))
+
+
+def _table_lines(rows, headers: list[str]):
+    """Lines of the table; ``rows()`` gives the rows afresh (two passes: widths, then lines)."""
     headers = headers + [h for _, h, _ in _COLUMNS] + ["status"]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    widths = [len(h) for h in headers]
+    for r in rows():
+        widths = [max(w, len(c)) for w, c in zip(widths, r)]
     n_lead = len(headers) - len(_COLUMNS) - 1
 
     def line(cells):
         return "  ".join(c.ljust(w) if i < n_lead or i == len(cells) - 1 else c.rjust(w)
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    yield line(headers)
+    yield line(["-" * w for w in widths])
+    for r in rows():
+        yield line(r)
 
 
 def _print_json(obj) -> None:
@@ -492,13 +541,6 @@ def _write_trajectory_csv(tr: Trajectory, target: Path) -> None:
         writer = csv.writer(fh)
         writer.writerow(cols)
         writer.writerows(zip(*(c.tolist() for c in cols.values())))
-
-
-def _write_rows_csv(rows: list[dict], target: Path) -> None:
-    with atomic_write(target, "--csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _progress(total: int):
@@ -580,7 +622,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-c", "--controller", help=spec_help + " (default: the scenario's)")
     s.add_argument("--metric", action="append",
                    help="metric to plot (repeatable; default overshoot, settling_time)")
-    s.add_argument("--csv", metavar="FILE", help="write the sweep table as CSV")
+    s.add_argument("--csv", metavar="FILE",
+                   help="write the sweep table as CSV, block by block (valid if interrupted)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the unfinished --csv FILE of the same sweep")
+    s.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="run the blocks on a Dask cluster (needs ctrlsim[dask])")
     s.set_defaults(func=_cmd_sweep)
     _output_args(s, plot_help)
 

@@ -5,8 +5,12 @@ weighted up for many events and grade breakpoints (the kernel scans them at
 every RK4 stage). Sizes are Python integers, so a grid of 65536**4 points is
 2**64, not 0.
 
-Measured on the project's 2-core machine: ~5 M substeps/s on one core,
-~7-11 M/s for a sweep on both, and ~0.25 ms of Python per sweep row.
+Measured on the project's 2-core machine: ~5 M substeps/s for one run, and
+~30 M/s for a sweep (lockstep batch kernel on both cores), with a few
+microseconds of Python per sweep row. A sweep runs in blocks of at most
+:data:`MAX_CHUNK_WORK` substeps (Ctrl-C is seen between blocks, and an
+interrupted ``--csv`` sweep resumes from its last finished block), so its total
+is budgeted only against what one machine finishes in minutes.
 """
 
 from __future__ import annotations
@@ -17,24 +21,33 @@ from collections.abc import Sequence
 from .validation import ParameterError
 
 __all__ = ["MAX_SAMPLES", "MAX_SUBSTEPS", "MAX_RUN_WORK", "MAX_CHUNK_WORK",
-           "MAX_SWEEP_WORK", "MAX_SWEEP_RUNS", "RUN_OVERHEAD", "MAX_EVENTS",
+           "MAX_SWEEP_WORK", "MAX_SWEEP_RUNS", "RUN_OVERHEAD", "MAX_BLOCK_SAMPLES",
+           "MAX_BLOCK_ROWS", "sweep_block", "MAX_EVENTS",
            "MAX_POINTS", "MAX_SCENARIO_BYTES", "MAX_CYCLE_BYTES", "MAX_NAME", "MAX_DESCRIPTION",
            "run_work", "check_sweep"]
 
-# Samples per run, and in all runs of a sweep together (8 bytes x 5 outputs each:
-# 800 MB at most).
+# Samples per run, and in all runs of a sweep that keeps its trajectories
+# (8 bytes x 5 outputs each: 800 MB at most).
 MAX_SAMPLES = 20_000_000
 MAX_SUBSTEPS = 10_000
 # One run: ~1 s on one core. The compiled kernel cannot be interrupted, so any
 # accepted run must finish quickly; Ctrl-C is then seen between runs.
 MAX_RUN_WORK = 5_000_000
-# One chunk of sweep rows (one compiled call, 16 rows): ~2 s on two cores, the
-# longest a sweep ignores Ctrl-C.
+# One block of sweep rows (one compiled call): ~0.5-1 s on two cores, the
+# longest a sweep ignores Ctrl-C. Blocks are sized to it (at least one row;
+# one run is itself capped by MAX_RUN_WORK).
 MAX_CHUNK_WORK = 16_000_000
-# A whole sweep (~45 s on two cores), rows counted with their Python overhead.
-MAX_SWEEP_WORK = 300_000_000
-MAX_SWEEP_RUNS = 100_000
-RUN_OVERHEAD = 2_000  # substep-equivalents of Python work per sweep row
+# Samples in one block's output buffer (x 5 outputs x 8 bytes: 100 MB), reused
+# from block to block: a sweep's memory does not grow with its number of points.
+MAX_BLOCK_SAMPLES = 2_500_000
+MAX_BLOCK_ROWS = 4096
+# A whole sweep: 1e10 substeps is ~5-10 min on two cores (the 100 000-point,
+# 1e9-substep sweep: 35-70 s, depending on load); rows counted with their overhead.
+MAX_SWEEP_WORK = 10_000_000_000
+# Rows of a sweep: the per-row results (17 metrics + parameters) stay in memory,
+# ~150 bytes a row.
+MAX_SWEEP_RUNS = 1_000_000
+RUN_OVERHEAD = 100  # substep-equivalents of Python work per sweep row
 # Inputs scanned at every RK4 stage.
 MAX_EVENTS = 1_000
 MAX_POINTS = 100_000  # reference points and grade breakpoints, each
@@ -50,25 +63,27 @@ def run_work(samples: int, substeps: int, n_events: int = 0, n_grade: int = 0) -
     return math.ceil(int(samples) * int(substeps) * (1 + (n_events + n_grade) / 32))
 
 
-def check_sweep(axis_sizes: Sequence[int], samples: int, work: int, chunk: int) -> int:
+def sweep_block(samples: int, work: int) -> int:
+    """Rows per block of a sweep whose runs have ``samples`` samples and cost ``work``."""
+    return max(1, min(MAX_BLOCK_ROWS, MAX_CHUNK_WORK // max(int(work), 1),
+                      MAX_BLOCK_SAMPLES // max(int(samples), 1)))
+
+
+def check_sweep(axis_sizes: Sequence[int], samples: int, work: int,
+                trajectories: bool = False) -> int:
     """Number of rows of a grid, or :class:`ParameterError` if the sweep is too large.
 
-    ``samples`` and ``work`` are per run (see :func:`run_work`); ``chunk`` is
-    the number of rows per compiled call.
+    ``samples`` and ``work`` are per run (see :func:`run_work`); a sweep that
+    keeps its ``trajectories`` is also capped at :data:`MAX_SAMPLES` in all.
     """
     rows = math.prod(int(n) for n in axis_sizes)
     shape = " x ".join(str(int(n)) for n in axis_sizes)
     if rows > MAX_SWEEP_RUNS:
         raise ParameterError("sweep", f"{shape} = {rows} runs (at most {MAX_SWEEP_RUNS})")
-    if rows * samples > MAX_SAMPLES:
+    if trajectories and rows * samples > MAX_SAMPLES:
         raise ParameterError("sweep", f"{rows} runs of {samples} samples is too large "
-                             f"(at most {MAX_SAMPLES:.0e} samples in all)")
-    per_call = min(rows, chunk) * work
-    if per_call > MAX_CHUNK_WORK:
-        raise ParameterError("sweep", f"{min(rows, chunk)} runs of {work:.3g} RK4 substeps "
-                             f"per compiled call (at most {MAX_CHUNK_WORK:.0e}, so that Ctrl-C "
-                             "is seen within a few seconds); shorten the scenario or use "
-                             "fewer substeps")
+                             f"to keep the trajectories (at most {MAX_SAMPLES:.0e} samples "
+                             "in all; without keep_trajectories a sweep keeps metrics only)")
     total = rows * (work + RUN_OVERHEAD)
     if total > MAX_SWEEP_WORK:
         raise ParameterError("sweep", f"{rows} runs of {work:.3g} RK4 substeps is "

@@ -1,10 +1,25 @@
-"""Parameter sweeps: many closed-loop runs of one scenario on all cores."""
+"""Parameter sweeps: many closed-loop runs of one scenario, in blocks.
+
+The grid (C order) is cut into blocks of rows (:func:`ctrlsim.limits.sweep_block`).
+Each block is one call of the lockstep batch kernel into a reused output
+buffer, followed by a compiled metrics pass (:mod:`ctrlsim.fastmetrics`); only
+the metrics are kept, so memory does not grow with the number of points. With
+``csv=`` the table is appended block by block (valid after an interrupt) and
+``resume=True`` continues it; with ``scheduler=`` the blocks are Dask tasks.
+Every path gives the same table bit for bit (see ``docs/sweeps.md``).
+"""
 
 from __future__ import annotations
 
+import csv as _csv
+import hashlib
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -16,18 +31,16 @@ from .controllers import (
     LeakyReLUController,
     as_controller,
 )
+from .fastmetrics import N_METRICS, block_metrics, metric_settings, step_start
 from .metrics import METRIC_KEYS
 from .plant import PRESET_FIELDS
 from .scenario import Scenario, as_scenario
 from .simulate import Trajectory, check_setup, make_trajectory, warn_infeasible_start
-from .validation import ParameterError
+from .validation import ParameterError, ParameterTypeError
 
-__all__ = ["sweep", "SweepResult", "sweepable"]
+__all__ = ["sweep", "SweepResult", "sweepable", "run_block"]
 
 CONTROLLER_PARAMS = GAIN_NAMES + ("alpha",)
-# Rows per kernel call: large enough to keep both cores busy, small enough
-# for a progress bar to move.
-_CHUNK = 16
 
 
 def sweepable(preset: str) -> tuple[str, ...]:
@@ -52,7 +65,8 @@ class SweepResult:
         Each metric per row (NaN where diverged), shape (B,).
     diverged : ndarray of bool
         Per row.
-    trajectories : list of Trajectory
+    trajectories : list of Trajectory, or None
+        Only with ``sweep(..., keep_trajectories=True)``.
     """
 
     names: tuple[str, ...]
@@ -60,7 +74,7 @@ class SweepResult:
     values: dict[str, np.ndarray]
     metrics: dict[str, np.ndarray]
     diverged: np.ndarray
-    trajectories: list[Trajectory]
+    trajectories: list[Trajectory] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -72,15 +86,22 @@ class SweepResult:
 
     def rows(self) -> list[dict[str, float]]:
         """One dict per grid point: parameters, ``diverged`` and metrics."""
-        return [{**{n: float(self.values[n][i]) for n in self.names},
-                 "diverged": bool(self.diverged[i]),
-                 **{m: float(self.metrics[m][i]) for m in METRIC_KEYS}}
-                for i in range(self.diverged.size)]
+        return list(self.iter_rows())
+
+    def iter_rows(self) -> Iterator[dict[str, float]]:
+        """:meth:`rows` one at a time (a dict is ~1.5 kB: big sweeps should stream)."""
+        values = [self.values[n].tolist() for n in self.names]
+        metrics = [self.metrics[m].tolist() for m in METRIC_KEYS]
+        for i, div in enumerate(self.diverged.tolist()):
+            yield {**{n: float(v[i]) for n, v in zip(self.names, values)},
+                   "diverged": div, **{m: c[i] for m, c in zip(METRIC_KEYS, metrics)}}
 
 
 def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
           controller: Controller | CustomController | None = None,
-          progress: Callable[[int, int], None] | None = None) -> SweepResult:
+          progress: Callable[[int, int], None] | None = None, *,
+          scheduler=None, csv: str | os.PathLike | None = None, resume: bool = False,
+          keep_trajectories: bool = False) -> SweepResult:
     """Simulate a scenario over the grid product of parameter values.
 
     Parameters
@@ -96,7 +117,22 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
         Base controller (default: the scenario's) or spec, resolved as in
         :func:`ctrlsim.simulate`.
     progress : callable(done, total), optional
-        Called after each chunk of rows.
+        Called after each block of rows.
+    scheduler : str or dask.distributed.Client, optional
+        Run the blocks as Dask tasks: a scheduler address (``tcp://HOST:PORT``)
+        or a client. Needs the ``dask`` extra. The result equals the local
+        one bit for bit.
+    csv : path, optional
+        Append the table to this CSV file block by block (header first), so an
+        interrupted sweep leaves a valid CSV of its finished blocks. While the
+        sweep is unfinished, ``<csv>.sweep-state`` records which sweep it is.
+    resume : bool
+        With ``csv``: keep the finished blocks of an interrupted run of the
+        same sweep (checked by a fingerprint of the scenario, controller and
+        grid) and compute only the rest. Without an unfinished file, starts afresh.
+    keep_trajectories : bool
+        Also return every run's :class:`~ctrlsim.Trajectory` (memory grows
+        with the grid; local runs only).
 
     Returns
     -------
@@ -120,40 +156,342 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
     (3,)
     """
     scenario, controller = as_scenario(scenario), as_controller(controller)
-    names, axes = _check_params(scenario, params, progress)
+    if not isinstance(keep_trajectories, bool):
+        raise ParameterTypeError("keep_trajectories", "must be True or False")
+    if keep_trajectories and scheduler is not None:
+        raise ParameterError("keep_trajectories", "only for local sweeps (scheduler=None)")
+    if keep_trajectories and resume:
+        raise ParameterError("keep_trajectories", "cannot be combined with resume")
+    names, axes, plant_table = _check_params(scenario, params, progress, keep_trajectories)
     base = scenario.resolved_controller(controller)
-    rows = list(itertools.product(*axes))
-    ctls, plants = [], []
-    for row in rows:
-        setting = dict(zip(names, row))
-        ctls.append(_set_controller(base, setting, scenario.plant.preset))
-        plant_changes = {n: v for n, v in setting.items() if n not in CONTROLLER_PARAMS}
-        plants.append(scenario.plant.with_(**plant_changes) if plant_changes
-                      else scenario.plant)
-    check_setup(scenario, ctls)
-    prof = scenario.pack()
-    pp = np.array([p.pack() for p in plants])
-    cp = pack_controllers(ctls)
-    b, n1 = len(rows), prof.ref.size
-    out = np.empty((b, n1, len(K.OUT_FIELDS)))
-    div = np.empty(b, dtype=np.int64)
-    feas = np.empty(b, dtype=np.bool_)
-    batch = base.kernels()[1]
-    for lo in range(0, b, _CHUNK):
-        hi = min(lo + _CHUNK, b)
-        batch(pp[lo:hi], cp[lo:hi], prof, out[lo:hi], div[lo:hi], feas[lo:hi])
-        if progress is not None:
-            progress(hi, b)
-    if not feas.all():
+    for name, axis in zip(names, axes):  # every controller value is valid on its own
+        if name in CONTROLLER_PARAMS:
+            for v in axis.tolist():
+                _set_controller(base, {name: v}, scenario.plant.preset)
+    check_setup(scenario, [base])
+    plan = _make_plan(scenario, names, axes, plant_table, base)
+    total = plan.rows
+    metrics = np.empty((total, N_METRICS))
+    div_at = np.empty(total, dtype=np.int64)
+    client, own = _connect(scheduler) if scheduler is not None else (None, False)
+    sink = None
+    trajs: list[Trajectory] | None = [] if keep_trajectories else None
+    feasible = True
+    try:
+        sink = _CsvSink(csv, plan, resume) if csv is not None else None
+        start = 0
+        if sink is not None:
+            start = sink.open(metrics, div_at)
+            if progress is not None and start:
+                progress(start, total)
+        blocks = [(lo, min(lo + plan.block, total)) for lo in range(start, total, plan.block)]
+
+        def done(lo, hi, m, d, f):
+            nonlocal feasible
+            metrics[lo:hi], div_at[lo:hi] = m, d
+            feasible = feasible and bool(f.all())
+            if progress is not None:
+                progress(hi, total)
+
+        if client is not None:
+            _run_dask(plan, client, blocks, done, sink)
+        else:
+            buf = np.empty((min(plan.block, total), plan.prof.ref.size, len(K.OUT_FIELDS)))
+            for lo, hi in blocks:
+                out = buf if trajs is None else np.empty((hi - lo,) + buf.shape[1:])
+                m, d, f = run_block(plan, lo, hi, out)
+                if sink is not None:
+                    sink.write(lo, hi, m, d)
+                if trajs is not None:
+                    trajs.extend(_trajectories(scenario, base, plan, lo, hi, out, d))
+                done(lo, hi, m, d, f)
+        if sink is not None:
+            sink.finish()
+    finally:
+        if sink is not None:
+            sink.close()
+        if own:
+            client.close()
+    if not feasible:
         warn_infeasible_start(scenario)
-    trajs = [make_trajectory(replace(scenario, plant=plants[i]), ctls[i], prof.ref,
-                             out[i], int(div[i])) for i in range(b)]
-    per_row = [tr.metrics() for tr in trajs]
+    idx = np.unravel_index(np.arange(total), plan.shape) if total else ()
     return SweepResult(
         names=names, axes=tuple(np.asarray(a, dtype=float) for a in axes),
-        values={n: np.array([r[j] for r in rows], dtype=float) for j, n in enumerate(names)},
-        metrics={m: np.array([r[m] for r in per_row]) for m in METRIC_KEYS},
-        diverged=div >= 0, trajectories=trajs)
+        values={n: np.asarray(a, dtype=float)[i] for n, a, i in zip(names, axes, idx)},
+        metrics={m: metrics[:, j].copy() for j, m in enumerate(METRIC_KEYS)},
+        diverged=div_at >= 0, trajectories=trajs)
+
+
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    """Everything a block needs, picklable (it travels to Dask workers once)."""
+
+    names: tuple[str, ...]
+    axes: tuple[np.ndarray, ...]
+    shape: tuple[int, ...]
+    cp0: np.ndarray                 # base controller vector
+    gains: dict[str, float]         # base gains (PID family; else empty: cp0 for all rows)
+    alpha_axis: int                 # axis of alpha, or -1
+    plant_axes: tuple[int, ...]
+    plant_table: np.ndarray         # (P, N_PLANT), C order over the plant axes
+    prof: K.Profiles
+    t: np.ndarray
+    i0: int
+    i1: int
+    t0: float
+    block: int
+    custom: CustomController | None
+    fingerprint: str
+
+    @property
+    def rows(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+def _make_plan(scenario, names, axes, plant_table, base) -> _Plan:
+    from .limits import sweep_block
+
+    alpha_axis = names.index("alpha") if "alpha" in names else -1
+    custom = base if isinstance(base, CustomController) else None
+    prof = scenario.pack()
+    t, i0, i1 = metric_settings(scenario)
+    samples = prof.ref.size
+    block = sweep_block(samples, scenario.work)
+    cp0 = base.pack()
+    h = hashlib.sha256()
+    from . import __version__
+    law = "" if custom is None else getattr(custom.law, "__qualname__", repr(custom.law))
+    h.update(json.dumps([__version__, type(base).__name__, law, list(names),
+                         [a.dtype.str for a in axes], block, i0, i1, prof.v0, prof.ts,
+                         prof.substeps, bool(prof.grade_by_time), prof.v_limit,
+                         step_start(scenario)]).encode())
+    for arr in (cp0, plant_table, t, prof.ref, prof.noise, prof.grade_x, prof.grade_th,
+                prof.events, *axes):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return _Plan(names=tuple(names), axes=tuple(axes), shape=tuple(a.size for a in axes),
+                 cp0=cp0,
+                 gains=({n: float(getattr(base, n)) for n in GAIN_NAMES}
+                        if isinstance(base, Controller) else {}),
+                 alpha_axis=alpha_axis,
+                 plant_axes=tuple(j for j, n in enumerate(names) if n not in CONTROLLER_PARAMS),
+                 plant_table=plant_table, prof=prof, t=t, i0=i0, i1=i1,
+                 t0=step_start(scenario), block=block, custom=custom,
+                 fingerprint=h.hexdigest())
+
+
+def _block_inputs(plan: _Plan, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Plant and controller vectors of rows ``[lo, hi)``, packed without Python per row.
+
+    Equal to packing ``plant.with_(...)`` and the swept controller row by row
+    (tested): the same columns, ``aw_gain = kaw / ki`` by the same division.
+    """
+    idx = np.unravel_index(np.arange(lo, hi), plan.shape)
+    n = hi - lo
+    if not plan.gains or not any(n in CONTROLLER_PARAMS for n in plan.names):
+        cp = np.tile(plan.cp0, (n, 1))
+    else:
+        g = {name: np.full(n, value) for name, value in plan.gains.items()}
+        for j, name in enumerate(plan.names):
+            if name in g:
+                g[name] = plan.axes[j][idx[j]]
+        ki, kaw = g["ki"], g["kaw"]
+        cp = np.empty((n, K.N_PID))
+        cp[:, K.C_LAW] = K.LAW_PID
+        cp[:, K.C_INTEGRATE] = (ki != 0.0).astype(float)
+        cp[:, K.C_AW_GAIN] = np.divide(kaw, ki, out=np.zeros(n), where=ki != 0.0)
+        cp[:, K.C_SLOPE] = (plan.axes[plan.alpha_axis][idx[plan.alpha_axis]]
+                            if plan.alpha_axis >= 0 else plan.cp0[K.C_SLOPE])
+        cp[:, K.C_KP], cp[:, K.C_KI], cp[:, K.C_KD], cp[:, K.C_FF] = (
+            g["kp"], ki, g["kd"], g["feedforward"])
+    if plan.plant_axes:
+        sub = tuple(plan.shape[a] for a in plan.plant_axes)
+        pidx = np.ravel_multi_index(tuple(idx[a] for a in plan.plant_axes), sub)
+        pp = plan.plant_table[pidx]
+    else:
+        pp = np.tile(plan.plant_table[0], (n, 1))
+    return pp, cp
+
+
+def run_block(plan: _Plan, lo: int, hi: int, out: np.ndarray | None = None):
+    """Simulate rows ``[lo, hi)`` of a sweep and measure them.
+
+    ``out`` is a reusable output buffer of at least ``hi - lo`` rows (allocated
+    if None). Returns ``(metrics (n, 17), diverged_at (n,), feasible (n,))``.
+    This is the function a Dask task runs.
+    """
+    n = hi - lo
+    if out is None:
+        out = np.empty((n, plan.prof.ref.size, len(K.OUT_FIELDS)))
+    pp, cp = _block_inputs(plan, lo, hi)
+    div = np.empty(n, dtype=np.int64)
+    feas = np.empty(n, dtype=np.bool_)
+    batch = K.rollout_batch if plan.custom is None else plan.custom.kernels()[1]
+    batch(pp, cp, plan.prof, out[:n], div, feas)
+    res = np.empty((n, N_METRICS))
+    block_metrics(plan.t, out, plan.prof.ref, div, plan.i0, plan.i1, plan.t0, res)
+    return res, div, feas
+
+
+def _trajectories(scenario, base, plan, lo, hi, out, div):
+    """Trajectory objects of a block (``keep_trajectories``), built row by row."""
+    idx = np.unravel_index(np.arange(lo, hi), plan.shape)
+    trajs = []
+    for r in range(hi - lo):
+        setting = {n: plan.axes[j][idx[j][r]].item() for j, n in enumerate(plan.names)}
+        ctl = _set_controller(base, setting, scenario.plant.preset)
+        changes = {n: v for n, v in setting.items() if n not in CONTROLLER_PARAMS}
+        plant = scenario.plant.with_(**changes) if changes else scenario.plant
+        trajs.append(make_trajectory(replace(scenario, plant=plant), ctl, plan.prof.ref,
+                                     out[r], int(div[r])))
+    return trajs
+
+
+def _connect(scheduler):
+    """``(client, owned)`` for a scheduler address or client, checked before any work."""
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise ParameterError("scheduler", "needs Dask: pip install 'ctrlsim[dask]'") from None
+    if isinstance(scheduler, Client):
+        return scheduler, False
+    if isinstance(scheduler, str):
+        try:
+            return Client(scheduler, timeout="10s"), True
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ParameterError("scheduler", f"cannot connect to {scheduler}: {exc}") from None
+    raise ParameterTypeError("scheduler", "must be an address such as tcp://HOST:PORT, "
+                             f"or a dask.distributed.Client, got {type(scheduler).__name__}")
+
+
+def _run_dask(plan, client, blocks, done, sink) -> None:
+    """Run the blocks as Dask tasks; hand them to ``done``/``sink`` in grid order."""
+    from dask.distributed import as_completed
+
+    futures = []
+    try:
+        plan_f = client.scatter(plan, broadcast=True, hash=False)
+        # Unique per call: a cancelled earlier run on the same client keeps no claim on keys.
+        key = f"{plan.fingerprint[:12]}-{uuid.uuid4().hex[:8]}"
+        futures = [client.submit(run_block, plan_f, lo, hi, key=f"ctrlsim-block-{key}-{lo}")
+                   for lo, hi in blocks]
+        bounds = dict(blocks)
+        waiting: dict[int, tuple] = {}
+        order = [lo for lo, _ in blocks]
+        nxt = 0
+        for fut in as_completed(futures):
+            lo = int(fut.key.rsplit("-", 1)[1])
+            waiting[lo] = fut.result()
+            fut.release()
+            # In grid order, so the CSV is always a prefix of the table.
+            while nxt < len(order) and order[nxt] in waiting:
+                lo = order[nxt]
+                m, d, f = waiting.pop(lo)
+                if sink is not None:
+                    sink.write(lo, bounds[lo], m, d)
+                done(lo, bounds[lo], m, d, f)
+                nxt += 1
+    finally:
+        for fut in futures:
+            if not fut.done():
+                fut.cancel()
+
+
+class _CsvSink:
+    """The sweep table as a CSV that grows by finished blocks, in grid order.
+
+    Next to it, ``<csv>.sweep-state`` (JSON: fingerprint, rows, block) marks it
+    unfinished; it is removed when the sweep completes.
+    """
+
+    def __init__(self, path, plan: _Plan, resume: bool) -> None:
+        if not isinstance(resume, bool):
+            raise ParameterTypeError("resume", "must be True or False")
+        self.path = Path(path)
+        self.state = Path(str(self.path) + ".sweep-state")
+        self.plan, self.resume, self.fh = plan, resume, None
+        self.header = list(plan.names) + ["diverged"] + list(METRIC_KEYS)
+
+    def _state(self) -> dict:
+        return {"fingerprint": self.plan.fingerprint, "rows": self.plan.rows,
+                "block": self.plan.block}
+
+    def open(self, metrics: np.ndarray, div_at: np.ndarray) -> int:
+        """Start the file (or continue it); returns the first row still to compute."""
+        from .files import atomic_write
+
+        start = 0
+        if self.resume and self.path.exists() and self.path.stat().st_size > 0:
+            start = self._read_finished(metrics, div_at)
+            self.fh = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115
+        else:
+            with atomic_write(self.state, "--csv", "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(self._state()))
+            self.fh = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115
+            self.fh.write(",".join(self.header) + "\n")
+            self.fh.flush()
+        return start
+
+    def _read_finished(self, metrics, div_at) -> int:
+        try:
+            state = json.loads(self.state.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ParameterError("--resume", f"{self.path} is not an unfinished sweep "
+                                 f"(no {self.state.name} next to it)") from None
+        except (OSError, ValueError) as exc:
+            raise ParameterError("--resume", f"cannot read {self.state}: {exc}") from None
+        if state != self._state():
+            raise ParameterError("--resume", f"{self.path} belongs to a different sweep "
+                                 "(scenario, controller, grid or version differ)")
+        with open(self.path, "rb") as fh:
+            data = fh.read()
+        lines = data.split(b"\n")
+        complete = lines[:-1]  # the last piece has no newline: partial (or empty)
+        if not complete or complete[0].decode("utf-8", "replace") != ",".join(self.header):
+            raise ParameterError("--resume", f"{self.path}: the header does not match")
+        body = complete[1:]
+        n_rows = min(len(body), self.plan.rows)
+        n_rows -= n_rows % self.plan.block if n_rows < self.plan.rows else 0
+        rows = list(_csv.reader(line.decode("utf-8") for line in body[:n_rows]))
+        idx = np.unravel_index(np.arange(n_rows), self.plan.shape)
+        k = len(self.plan.names)
+        for i, row in enumerate(rows):
+            try:
+                ok = len(row) == len(self.header) and row[k] in ("True", "False") and all(
+                    float(row[j]) == self.plan.axes[j][idx[j][i]] for j in range(k))
+                if ok:
+                    metrics[i] = [float(x) for x in row[k + 1:]]
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ParameterError("--resume", f"{self.path}: row {i + 1} is not the "
+                                     "sweep's grid point or is damaged")
+            div_at[i] = 0 if row[k] == "True" else -1
+        keep = sum(len(line) + 1 for line in complete[:1 + n_rows])
+        with open(self.path, "r+b") as fh:
+            fh.truncate(keep)
+        return n_rows
+
+    def write(self, lo: int, hi: int, metrics: np.ndarray, div_at: np.ndarray) -> None:
+        idx = np.unravel_index(np.arange(lo, hi), self.plan.shape)
+        params = [self.plan.axes[j][idx[j]].astype(float).tolist()
+                  for j in range(len(self.plan.names))]
+        flags = ["True" if d >= 0 else "False" for d in div_at.tolist()]
+        lines = [",".join([*(repr(p[i]) for p in params), flags[i],
+                           *map(repr, m)]) for i, m in enumerate(metrics.tolist())]
+        try:
+            self.fh.write("\n".join(lines) + "\n")
+            self.fh.flush()
+        except OSError as exc:
+            from .files import OutputError
+            raise OutputError(f"--csv {self.path}: cannot write ({exc.strerror or exc})") from None
+
+    def finish(self) -> None:
+        self.fh.close()
+        self.state.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.fh is not None and not self.fh.closed:
+            self.fh.close()
 
 
 def pack_controllers(controllers) -> np.ndarray:
@@ -170,10 +508,14 @@ def pack_controllers(controllers) -> np.ndarray:
     return out
 
 
-def _check_params(scenario: Scenario, params: Mapping[str, Sequence[float]], progress=None):
-    """Validate the grid and its rows and budget its work, before anything is allocated."""
+def _check_params(scenario: Scenario, params: Mapping[str, Sequence[float]], progress=None,
+                  keep_trajectories: bool = False):
+    """Validate the grid and its rows and budget its work, before anything is allocated.
+
+    Returns the names, the axes and the packed plant of every combination of
+    the plant axes (C order), shape (P, N_PLANT).
+    """
     from .limits import MAX_SWEEP_RUNS, check_sweep
-    from .validation import ParameterError, ParameterTypeError
 
     if not isinstance(params, Mapping):
         raise ParameterTypeError("params", "must be a mapping of parameter name to values, "
@@ -205,18 +547,20 @@ def _check_params(scenario: Scenario, params: Mapping[str, Sequence[float]], pro
         names.append(name)
         axes.append(arr)
     # Python integers: 65536**4 rows is 2**64, not a wrapped 0.
-    check_sweep([a.size for a in axes], scenario.n_steps + 1, scenario.work, _CHUNK)
+    check_sweep([a.size for a in axes], scenario.n_steps + 1, scenario.work, keep_trajectories)
     # Every plant a row will use, validated (with the payload timeline) before running.
     plant_axes = [(n, a) for n, a in zip(names, axes) if n not in CONTROLLER_PARAMS]
+    packed = []
     for row in itertools.product(*(a.tolist() for _, a in plant_axes)):
         setting = dict(zip((n for n, _ in plant_axes), row))
         try:
-            plant = scenario.plant.with_(**setting)
+            plant = scenario.plant.with_(**setting) if setting else scenario.plant
             scenario.check_mass(plant.mass)
         except ParameterError as exc:
             where = ", ".join(f"{n} = {v:g}" for n, v in setting.items())
             raise ParameterError(exc.key, f"{exc.reason} (in the sweep row {where})") from None
-    return tuple(names), tuple(axes)
+        packed.append(plant.pack())
+    return tuple(names), tuple(axes), np.array(packed)
 
 
 def _set_controller(base, setting: dict, preset: str):

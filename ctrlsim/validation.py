@@ -102,8 +102,13 @@ def safe_text(value: Any, newlines: bool = False) -> str:
     >>> safe_text("evil\\x1b]0;pwned\\x07name")
     'evil\\\\x1b]0;pwned\\\\x07name'
     """
+    text = str(value)
+    # Fast path (big sweep tables): printable ASCII has no control characters.
+    plain = text.replace("\n", "") if newlines else text
+    if plain.isascii() and plain.isprintable():
+        return text
     out = []
-    for ch in str(value):
+    for ch in text:
         if (ch == "\n" and newlines) or unicodedata.category(ch)[0] != "C":
             out.append(ch)
         elif ch in _NAMED:

@@ -13,6 +13,7 @@ import ctrlsim.kernels as K
 from ctrlsim import Event, Reference, Road, Scenario, Sensor, make_plant
 from ctrlsim.cli import main
 from ctrlsim.limits import (
+    MAX_BLOCK_SAMPLES,
     MAX_CHUNK_WORK,
     MAX_RUN_WORK,
     MAX_SAMPLES,
@@ -21,6 +22,7 @@ from ctrlsim.limits import (
     RUN_OVERHEAD,
     check_sweep,
     run_work,
+    sweep_block,
 )
 from ctrlsim.loader import ScenarioError, load_scenario
 from ctrlsim.validation import ParameterError, finite_float, safe_text
@@ -51,14 +53,20 @@ def test_four_axes_of_65536_are_2_to_the_64_runs_not_0(monkeypatch):
 def test_sweep_guard_is_exact_in_python_integers(sizes, samples, substeps):
     work = run_work(samples, substeps)
     rows = math.prod(sizes)
-    ok = (rows <= MAX_SWEEP_RUNS and rows * samples <= MAX_SAMPLES
-          and min(rows, 16) * work <= MAX_CHUNK_WORK
-          and rows * (work + RUN_OVERHEAD) <= MAX_SWEEP_WORK)
+    ok = rows <= MAX_SWEEP_RUNS and rows * (work + RUN_OVERHEAD) <= MAX_SWEEP_WORK
     if ok:
-        assert check_sweep(sizes, samples, work, 16) == rows
+        assert check_sweep(sizes, samples, work) == rows
     else:
         with pytest.raises(ParameterError):
-            check_sweep(sizes, samples, work, 16)
+            check_sweep(sizes, samples, work)
+    # Keeping trajectories also caps the samples of all runs together.
+    if ok and rows * samples > MAX_SAMPLES:
+        with pytest.raises(ParameterError, match="keep the trajectories"):
+            check_sweep(sizes, samples, work, trajectories=True)
+    # A block is one compiled call: bounded work and buffer, at least one row.
+    block = sweep_block(samples, work)
+    assert block >= 1
+    assert block == 1 or (block * work <= MAX_CHUNK_WORK and block * samples <= MAX_BLOCK_SAMPLES)
 
 
 @pytest.mark.parametrize("kw", [
@@ -89,11 +97,14 @@ def test_run_budget_matches_samples_times_substeps(n, substeps):
 def test_sweep_work_budget_counts_rows_and_their_overhead(monkeypatch):
     monkeypatch.setattr(K, "rollout_batch", _must_not_run)
     sc = scenario(duration=1000.0, substeps=20)       # 2 000 020 substeps per run
-    with pytest.raises(ParameterError, match="per compiled call"):
-        ctrlsim.sweep(sc, {"kp": np.linspace(1, 2, 50)})
     with pytest.raises(ParameterError, match="units of work"):
-        ctrlsim.sweep(scenario(duration=1.0, substeps=100),
-                      {"kp": np.linspace(1, 2, 100), "ki": np.linspace(1, 2, 400)})
+        ctrlsim.sweep(sc, {"kp": np.linspace(1, 2, 100), "ki": np.linspace(1, 2, 50)})
+    with pytest.raises(ParameterError, match="units of work"):
+        ctrlsim.sweep(scenario(duration=10.0, substeps=1000),
+                      {"kp": np.linspace(1, 2, 1000), "ki": np.linspace(1, 2, 1000)})
+    with pytest.raises(ParameterError, match="keep the trajectories"):
+        ctrlsim.sweep(scenario(duration=100.0), {"kp": np.linspace(1, 2, 3000)},
+                      keep_trajectories=True)
 
 
 def _must_not_run(*args, **kwargs):
@@ -356,7 +367,8 @@ def test_strings_are_accepted_as_scenario_names_and_controller_specs():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tr = ctrlsim.simulate("decel", "relu")
-        res = ctrlsim.sweep("decel", {"alpha": [0.0, 1.0]}, controller="leaky,kp=80")
+        res = ctrlsim.sweep("decel", {"alpha": [0.0, 1.0]}, controller="leaky,kp=80",
+                            keep_trajectories=True)
     assert tr.scenario.name == "decel" and tr.controller.kind == "relu"
     assert res.trajectories[0].controller.kp == 80.0
 

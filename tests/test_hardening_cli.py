@@ -121,14 +121,20 @@ def _interrupt(args, cwd, after):
     return proc.returncode, time.monotonic() - sent, out, err
 
 
-def test_ctrl_c_during_a_sweep_exits_130_promptly_and_writes_nothing(tmp_path):
+def test_ctrl_c_during_a_sweep_exits_130_promptly_leaving_a_valid_csv(tmp_path):
     target = tmp_path / "s.csv"
     target.write_text("keep\n")
     code, latency, out, err = _interrupt(
-        ["sweep", "decel", "--param", "alpha=0:1:3000", "--csv", str(target)], tmp_path, 4.0)
+        ["sweep", "decel", "--param", "alpha=0:1:3000", "--param", "kp=50:150:10",
+         "--csv", str(target)], tmp_path, 4.0)
     assert code == 130 and latency < 3.0, (code, latency, err)
     assert err.rstrip().endswith("ctrlsim: interrupted") and "Traceback" not in err
-    assert target.read_text() == "keep\n" and _leftovers(tmp_path) == []
+    # The CSV holds the header and whole finished blocks, and is marked unfinished.
+    rows = target.read_text().splitlines()
+    assert rows[0].startswith("alpha,kp,diverged,") and 1 <= len(rows) < 30001
+    assert all(r.count(",") == rows[0].count(",") for r in rows)
+    assert (tmp_path / "s.csv.sweep-state").is_file()
+    assert _leftovers(tmp_path) == []
 
 
 def test_ctrl_c_between_long_single_runs_exits_130_within_a_run(tmp_path):

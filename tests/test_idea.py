@@ -61,7 +61,7 @@ def test_downhill_leaky_with_integral_action_holds_the_set_speed():
 
 
 def test_alpha_sweep_moves_continuously_from_relu_to_linear():
-    res = ctrlsim.sweep(_decel(), {"alpha": np.linspace(0, 1, 101)})
+    res = ctrlsim.sweep(_decel(), {"alpha": np.linspace(0, 1, 101)}, keep_trajectories=True)
     speeds = np.array([tr.speed for tr in res.trajectories])
     relu = ctrlsim.simulate(_decel(), ctrlsim.ReLUController())
     lin = ctrlsim.simulate(_decel(), ctrlsim.LinearController())

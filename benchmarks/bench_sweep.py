@@ -1,0 +1,100 @@
+"""A 100,000-point sweep through the CLI: wall time, runs/s, peak memory, 1 vs 2 threads.
+
+The sweep: a 20 s robot scenario at 10 ms with 5 RK4 substeps (2001 samples,
+~1e4 substeps a run), ``kp`` x ``ki`` = 400 x 250 points, i.e. 1e9 RK4
+substeps, written to a CSV block by block. Each configuration runs
+``ctrlsim sweep`` in a fresh child process (table to /dev/null) with a warm
+numba cache; peak memory is the child's maximum resident set (``wait4``).
+A 10,000-point sweep shows that memory does not grow with the points.
+
+Usage: python benchmarks/bench_sweep.py [--points 100000] [--threads 2,1]
+Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SCENARIO = """name = "bench-robot"
+duration = 20.0
+control_period = 0.01
+substeps = 5
+initial_speed = 1.0
+
+[plant]
+preset = "robot"
+
+[controller]
+type = "leaky"
+alpha = 0.1
+kp = 100.0
+ki = 20.0
+
+[reference]
+steps = [[1.0, 2.0]]
+"""
+
+
+def grid(points: int) -> list[str]:
+    """``--param`` arguments of a kp x ki grid of ``points`` points (400 x 250 for 1e5)."""
+    n_ki = 250 if points % 250 == 0 else 1
+    n_kp = points // n_ki
+    return ["--param", f"kp=20:200:{n_kp}", "--param", f"ki=0:50:{n_ki}"]
+
+
+def run(folder: Path, points: int, threads: int) -> dict:
+    env = {**os.environ, "NUMBA_NUM_THREADS": str(threads)}
+    csv = folder / f"sweep-{points}-{threads}.csv"
+    cmd = [sys.executable, "-m", "ctrlsim", "sweep", str(folder / "bench.toml"),
+           *grid(points), "--csv", str(csv)]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{err}")
+    rows = csv.read_text().count("\n") - 1
+    csv.unlink()
+    return {"points": points, "threads": threads, "wall": wall, "rows": rows,
+            "rss_mb": usage.ru_maxrss / 1024}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--points", type=int, default=100_000)
+    ap.add_argument("--threads", default="2,1", help="NUMBA_NUM_THREADS values to compare")
+    args = ap.parse_args()
+    threads = [int(t) for t in args.threads.split(",")]
+    substeps_per_run = 2001 * 5
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "bench.toml").write_text(SCENARIO)
+        run(folder, 250, threads[0])  # warm the numba cache
+        results = [run(folder, args.points, t) for t in threads]
+        small = run(folder, max(args.points // 10, 250), threads[0])
+    print(f"### Sweep through the CLI: {args.points:,} points, 20 s robot scenario, "
+          "10 ms, 5 substeps\n")
+    print("| points | NUMBA_NUM_THREADS | wall [s] | runs/s | M substeps/s | peak RSS [MB] |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in results + [small]:
+        assert r["rows"] == r["points"], r
+        print(f"| {r['points']:,} | {r['threads']} | {r['wall']:.1f} | "
+              f"{r['points'] / r['wall']:,.0f} | "
+              f"{r['points'] * substeps_per_run / r['wall'] / 1e6:.1f} | {r['rss_mb']:.0f} |")
+    by = {r["threads"]: r["wall"] for r in results}
+    if 1 in by and 2 in by:
+        print(f"\n1 -> 2 threads: {by[1] / by[2]:.2f}x")
+    print(f"Peak memory, {small['points']:,} vs {args.points:,} points: "
+          f"{small['rss_mb']:.0f} vs {results[0]['rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
