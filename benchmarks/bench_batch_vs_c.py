@@ -183,7 +183,8 @@ static void plant_interval(double *p_, double *v_, double *f_, double a, double 
             double f_target = actuator(a, sv, pp);
             double force = lag ? sf : f_target;
             double dfv = lag ? (f_target - sf) * inv_tau : 0.0;
-            double dvv = (force - resistance(sv, m, cs, pp) - m * pp[P_G] * sn + c_.f_ext) / m;
+            double inv_m = 1.0 / m;
+            double dvv = (force - resistance(sv, m, cs, pp) - m * pp[P_G] * sn + c_.f_ext) * inv_m;
             double dpv = sv;
             if (c == 0) {
                 acc_p = dpv; acc_v = dvv; acc_f = dfv;
@@ -243,7 +244,7 @@ static long rollout(const double *pp, const double *cp, double v0, const double 
         /* control_step */
         double e_prev = e;
         e = ref[k] - (v + noise[k]);
-        double d = k == 0 ? 0.0 : (e - e_prev) / ts;
+        double d = k == 0 ? 0.0 : (e - e_prev) * (1.0 / ts);
         double s = cp[C_KP] * e + cp[C_KI] * z + cp[C_KD] * d + cp[C_FF] * ref[k];
         double u = s >= 0.0 ? s : alpha * s;
         double a = py_min(py_max(u, lo), hi);
