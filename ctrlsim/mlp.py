@@ -178,6 +178,31 @@ class MLPController:
         return cp
 
     # -- numpy reference -----------------------------------------------------
+    def lipschitz(self, control_period: float) -> float:
+        """Bound on the command change per unit of measured-speed error, over one sample.
+
+        Same notion as :func:`ctrlsim.analysis.lipschitz` for the built-ins:
+        measurement errors ``|n| <= eps`` on samples k-1 and k, the state before
+        them fixed. The network is at most ``L_net = |output_scale| * prod_l
+        ||W_l||_2`` Lipschitz in its scaled inputs (relu, leaky with alpha <= 1,
+        tanh and the output tanh are all 1-Lipschitz). The errors move the
+        scaled inputs by at most ``eps * sqrt(s_e^2 + s_y^2 + (2 s_d/Ts)^2 +
+        (s_z Ts (1 + kaw L1))^2)``: e and y by n_k, d by (n_{k-1} - n_k)/Ts,
+        and z through e_{k-1} and the anti-windup term, whose clip residual
+        ``a - u`` moves at most as much as u_{k-1} (``L1 = L_net * ||(s_e, s_y,
+        s_d/Ts)||``).
+        """
+        ts = finite_float("control_period", control_period)
+        if ts <= 0:
+            raise ParameterError("control_period", f"must be positive, got {ts}")
+        l_net = abs(self.output_scale)
+        for w in self.weights:
+            l_net *= float(np.linalg.norm(w, 2))
+        s_e, s_z, s_d, s_y, _ = (abs(float(x)) for x in self.input_scale)
+        l1 = l_net * math.sqrt(s_e ** 2 + s_y ** 2 + (s_d / ts) ** 2)
+        dz = s_z * ts * (1.0 + self.kaw * l1)
+        return l_net * math.sqrt(s_e ** 2 + s_y ** 2 + (2.0 * s_d / ts) ** 2 + dz ** 2)
+
     def forward(self, inputs: np.ndarray) -> np.ndarray:
         """Command ``u`` (before clipping) for inputs of shape (..., 5), in numpy."""
         h = np.asarray(inputs, dtype=float) * self.input_scale

@@ -200,6 +200,45 @@ def test_lipschitz_bound_never_exceeded(spec):
     assert worst >= 0.5 * L        # and the bound is not loose by orders of magnitude
 
 
+@pytest.mark.parametrize("activation, out_act", [("relu", "linear"), ("leaky", "tanh"),
+                                                  ("tanh", "tanh")])
+def test_lipschitz_bound_never_exceeded_by_an_mlp(activation, out_act):
+    from ctrlsim.mlp import MLPController
+
+    rng = np.random.default_rng(3)
+    ws = [rng.normal(0, 0.8, (8, 5)), rng.normal(0, 0.5, (8, 8)), rng.normal(0, 0.5, (1, 8))]
+    bs = [rng.normal(0, 0.3, 8), rng.normal(0, 0.3, 8), rng.normal(0, 0.3, 1)]
+    net = MLPController(weights=ws, biases=bs, activation=activation, alpha=0.1,
+                        input_scale=np.array([2.0, 0.5, 0.05, 0.5, 0.5]),
+                        output_activation=out_act, output_scale=20.0, kaw=0.5)
+    ts, lo, hi = 0.05, -20.0, 20.0
+    cp = net.pack()
+    L = lipschitz(net, ts)
+    assert L == net.lipschitz(ts)
+    worst = 0.0
+    for _ in range(25):
+        r = rng.uniform(0.5, 3.0)
+        y1, y2 = r + rng.normal(0, 0.3, 2)
+        state = (r, rng.normal(0, 0.3), rng.normal(0, 1.0))
+        eps = 10 ** rng.uniform(-4, -1)
+        base = np.array(_two_samples(cp.copy(), ts, lo, hi, y1, y2, *state))
+
+        def dev(d, y1=y1, y2=y2, state=state, base=base):
+            out = _two_samples(cp.copy(), ts, lo, hi, y1 + d[0], y2 + d[1], *state)
+            return abs(out[0] - base[0])
+
+        cands = [rng.uniform(-eps, eps, 2) for _ in range(20)]
+        cands += [np.array([sx, sy]) * eps for sx in (-1, 1) for sy in (-1, 1)]
+        for x0 in cands[-4:]:
+            res = minimize(lambda d: -dev(d), x0, method="L-BFGS-B", bounds=[(-eps, eps)] * 2)
+            cands.append(res.x)
+        for d in cands:
+            ratio = dev(d) / eps
+            worst = max(worst, ratio)
+            assert ratio <= L * (1 + 1e-9), (d, ratio, L)
+    assert worst > 0.0
+
+
 def test_lipschitz_uses_the_controllers_own_method():
     class Net:
         def lipschitz(self):
