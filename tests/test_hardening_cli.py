@@ -109,10 +109,17 @@ def test_outputs_replace_files_atomically_with_normal_permissions(tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+def default_sigint() -> None:
+    """In the child: Ctrl-C as in a terminal, even if this test run ignores SIGINT
+    (a background job of a non-interactive shell starts with SIGINT ignored, and
+    children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(args, cwd, after):
     """Start the console script, wait until it is simulating, send SIGINT."""
     proc = subprocess.Popen(EXE + args, cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     time.sleep(after)
     assert proc.poll() is None, "finished before the interrupt"
     proc.send_signal(signal.SIGINT)

@@ -16,6 +16,11 @@ from ctrlsim import Event, Reference, Road, Scenario, make_plant
 from ctrlsim.metrics import METRIC_KEYS
 from ctrlsim.validation import ParameterError
 
+
+def default_sigint() -> None:
+    """In the child: Ctrl-C as in a terminal, even if this test run ignores SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 EXE = [sys.executable, "-m", "ctrlsim"]
 S = importlib.import_module("ctrlsim.sweep")  # the module, not the function
 
@@ -158,7 +163,8 @@ def test_ctrl_c_then_resume_in_a_child_process_gives_the_uninterrupted_table(tmp
     assert done.returncode == 0, done.stderr
     part = tmp_path / "part.csv"
     proc = subprocess.Popen(EXE + args + ["--csv", str(part)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # wait for the first finished block
         if part.exists() and part.read_text().count("\n") > 1:
