@@ -184,7 +184,8 @@ static void plant_interval(double *p_, double *v_, double *f_, double a, double 
             double force = lag ? sf : f_target;
             double dfv = lag ? (f_target - sf) * inv_tau : 0.0;
             double inv_m = 1.0 / m;
-            double dvv = (force - resistance(sv, m, cs, pp) - m * pp[P_G] * sn + c_.f_ext) * inv_m;
+            double dvv = ((force + (c_.f_ext - m * pp[P_G] * sn))
+                          - resistance(sv, m, cs, pp)) * inv_m;
             double dpv = sv;
             if (c == 0) {
                 acc_p = dpv; acc_v = dvv; acc_f = dfv;

@@ -187,9 +187,15 @@ def _resistance(v, m, cos_th, g, cr, dlin, dquad):
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _accel(v, force, m, inv_m, sin_th, cos_th, f_ext, g, cr, dlin, dquad):
-    """dv/dt: Newton's law along the road (``inv_m = 1/m``, kept off the latency chain)."""
-    return (force - _resistance(v, m, cos_th, g, cr, dlin, dquad)
-            - m * g * sin_th + f_ext) * inv_m
+    """dv/dt: Newton's law along the road.
+
+    Summed so that the terms that do not depend on the speed (force, gravity,
+    external force) are combined while the resistance is computed: the chain
+    from speed to acceleration is one subtraction and one multiplication by
+    ``inv_m = 1/m`` after the resistance.
+    """
+    return ((force + (f_ext - m * g * sin_th))
+            - _resistance(v, m, cos_th, g, cr, dlin, dquad)) * inv_m
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -385,7 +391,7 @@ def _plant_actuator(a, v, pp):
 # --------------------------------------------------------------------------
 # Controller
 # --------------------------------------------------------------------------
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def control_law(e, z, d, y, r, cp):
     """Pre-activation ``s`` and output ``u = phi(s)`` of the law coded in ``cp``.
 
