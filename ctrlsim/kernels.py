@@ -573,27 +573,28 @@ def _substep_rows(h, p, v, f, a, inv_tau, pay, fext, sn, cs, car, mass, g, cr, d
         lag, it = tau[i] > 0.0, inv_tau[i]
         gi, ci, dl, dq = g[i], cr[i], dlin[i], dquad[i]
         ri, ti, wi, bi, ki = gr[i], tmax[i], wmax[i], beta[i], brake[i]
-        s0 = s1 = s2 = s3 = sn[i]
-        c0 = c1 = c2 = c3 = cs[i]
+        si, co = sn[i], cs[i]
+        # The four stages written out (not a loop over c), so that the loop over
+        # vehicles is straight-line code LLVM vectorises.
         m0, m1, m2, m3 = mass[i] + pay[0], mass[i] + pay[1], mass[i] + pay[2], mass[i] + pay[3]
         inv0, inv1, inv2, inv3 = 1.0 / m0, 1.0 / m1, 1.0 / m2, 1.0 / m3
-        k1v, k1f = _slopes(vi, fi, ai, m0, inv0, s0, c0, fext[0], car, lag, it,
+        k1v, k1f = _slopes(vi, fi, ai, m0, inv0, si, co, fext[0], car, lag, it,
                            gi, ci, dl, dq, ri, ti, wi, bi, ki)
         acc_p, acc_v, acc_f = vi, k1v, k1f
         sv, sf = vi + hh * k1v, fi + hh * k1f
-        k2v, k2f = _slopes(sv, sf, ai, m1, inv1, s1, c1, fext[1], car, lag, it,
+        k2v, k2f = _slopes(sv, sf, ai, m1, inv1, si, co, fext[1], car, lag, it,
                            gi, ci, dl, dq, ri, ti, wi, bi, ki)
         acc_p += 2.0 * sv
         acc_v += 2.0 * k2v
         acc_f += 2.0 * k2f
         sv2, sf = vi + hh * k2v, fi + hh * k2f
-        k3v, k3f = _slopes(sv2, sf, ai, m2, inv2, s2, c2, fext[2], car, lag, it,
+        k3v, k3f = _slopes(sv2, sf, ai, m2, inv2, si, co, fext[2], car, lag, it,
                            gi, ci, dl, dq, ri, ti, wi, bi, ki)
         acc_p += 2.0 * sv2
         acc_v += 2.0 * k3v
         acc_f += 2.0 * k3f
         sv3, sf = vi + h * k3v, fi + h * k3f
-        k4v, k4f = _slopes(sv3, sf, ai, m3, inv3, s3, c3, fext[3], car, lag, it,
+        k4v, k4f = _slopes(sv3, sf, ai, m3, inv3, si, co, fext[3], car, lag, it,
                            gi, ci, dl, dq, ri, ti, wi, bi, ki)
         acc_p += 1.0 * sv3
         acc_v += 1.0 * k4v
