@@ -221,6 +221,18 @@ def _theta(x, seg_lo, th_lo, slope):
     return th_lo if slope == 0.0 else th_lo + slope * (x - seg_lo)
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _rk4_combine(c, h, x0, k, acc):
+    """Classical RK4 bookkeeping for one state component at stage ``c``.
+
+    Adds the stage slope ``k`` to the weighted sum ``acc`` (weights 1, 2, 2, 1;
+    the substep ends with ``x0 + h/6 * acc``) and returns the state the next
+    stage is evaluated at (``x0 + h/2 * k``, twice, then ``x0 + h * k``).
+    """
+    acc = k if c == 0 else acc + (1.0 if c == 3 else 2.0) * k
+    return acc, x0 + (h if c == 2 else 0.5 * h) * k
+
+
 # Road and events: looked up rarely (when a stage leaves the current piece),
 # so the hot loop only compares against cached bounds.
 @njit(cache=True, error_model="numpy")
@@ -336,16 +348,9 @@ def plant_interval(p, v, f, a, t0, dt, substeps, pp, prof, cache):
             else:
                 dvv, dfv = _slopes(sv, sf, a, m, inv_m, sn, cs, f_ext, False, lag, inv_tau,
                                    g, cr, dlin, dquad, gr, tmax, wmax, beta, brake)
-            dpv = sv
-            w = 1.0 if (c == 0 or c == 3) else 2.0
-            if c == 0:
-                acc_p, acc_v, acc_f = dpv, dvv, dfv
-            else:
-                acc_p += w * dpv
-                acc_v += w * dvv
-                acc_f += w * dfv
-            step = h if c == 2 else hh
-            sp, sv, sf = p + step * dpv, v + step * dvv, f + step * dfv
+            acc_p, sp = _rk4_combine(c, h, p, sv, acc_p)
+            acc_v, sv = _rk4_combine(c, h, v, dvv, acc_v)
+            acc_f, sf = _rk4_combine(c, h, f, dfv, acc_f)
         p += h6 * acc_p
         v += h6 * acc_v
         f += h6 * acc_f
@@ -539,21 +544,32 @@ def _stage_rows(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau, paylo
     ``ap, av, af`` and overwrites the stage state with the next stage's. Every
     argument is its own 1-D array, so LLVM can vectorise across vehicles.
     """
-    w = 1.0 if (c == 0 or c == 3) else 2.0
-    step = h if c == 2 else 0.5 * h
-    first = c == 0
     for i in range(p.shape[0]):
         vi = sv[i]
         m = mass[i] + payload
         dvv, dfv = _slopes(vi, sf[i], a[i], m, 1.0 / m, sn[i], cs[i], f_ext, car,
                            tau[i] > 0.0, inv_tau[i], g[i], cr[i], dlin[i], dquad[i],
                            gr[i], tmax[i], wmax[i], beta[i], brake[i])
-        ap[i] = vi if first else ap[i] + w * vi
-        av[i] = dvv if first else av[i] + w * dvv
-        af[i] = dfv if first else af[i] + w * dfv
-        sp[i] = p[i] + step * vi
-        sv[i] = v[i] + step * dvv
-        sf[i] = f[i] + step * dfv
+        ap[i], sp[i] = _rk4_combine(c, h, p[i], vi, ap[i])
+        av[i], sv[i] = _rk4_combine(c, h, v[i], dvv, av[i])
+        af[i], sf[i] = _rk4_combine(c, h, f[i], dfv, af[i])
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _fused_stage(c, h, st, m, f_ext, pv):
+    """Stage ``c`` of one vehicle's RK4 substep, all in registers.
+
+    ``st`` = (stage speed, stage force, and the three weighted sums), ``pv``
+    the vehicle's substep-start state and parameters (scalars only).
+    """
+    sv, sf, acc_p, acc_v, acc_f = st
+    pi, vi, fi, ai, si, co, car, lag, it, gi, ci, dl, dq, ri, ti, wi, bi, ki = pv
+    kv, kf = _slopes(sv, sf, ai, m, 1.0 / m, si, co, f_ext, car, lag, it, gi, ci, dl, dq,
+                     ri, ti, wi, bi, ki)
+    acc_p, _ = _rk4_combine(c, h, pi, sv, acc_p)
+    acc_v, sv = _rk4_combine(c, h, vi, kv, acc_v)
+    acc_f, sf = _rk4_combine(c, h, fi, kf, acc_f)
+    return sv, sf, acc_p, acc_v, acc_f
 
 
 @njit(cache=True, error_model="numpy")
@@ -567,38 +583,21 @@ def _substep_rows(h, p, v, f, a, inv_tau, pay, fext, sn, cs, car, mass, g, cr, d
     force at the four stage times. A row's state is loaded and stored once
     per substep. Same operations, in the same order, as :func:`plant_interval`.
     """
-    hh, h6 = 0.5 * h, h / 6.0
+    h6 = h / 6.0
     for i in range(p.shape[0]):
         pi, vi, fi, ai = p[i], v[i], f[i], a[i]
         lag, it = tau[i] > 0.0, inv_tau[i]
         gi, ci, dl, dq = g[i], cr[i], dlin[i], dquad[i]
         ri, ti, wi, bi, ki = gr[i], tmax[i], wmax[i], beta[i], brake[i]
         si, co = sn[i], cs[i]
-        # The four stages written out (not a loop over c), so that the loop over
-        # vehicles is straight-line code LLVM vectorises.
-        m0, m1, m2, m3 = mass[i] + pay[0], mass[i] + pay[1], mass[i] + pay[2], mass[i] + pay[3]
-        inv0, inv1, inv2, inv3 = 1.0 / m0, 1.0 / m1, 1.0 / m2, 1.0 / m3
-        k1v, k1f = _slopes(vi, fi, ai, m0, inv0, si, co, fext[0], car, lag, it,
-                           gi, ci, dl, dq, ri, ti, wi, bi, ki)
-        acc_p, acc_v, acc_f = vi, k1v, k1f
-        sv, sf = vi + hh * k1v, fi + hh * k1f
-        k2v, k2f = _slopes(sv, sf, ai, m1, inv1, si, co, fext[1], car, lag, it,
-                           gi, ci, dl, dq, ri, ti, wi, bi, ki)
-        acc_p += 2.0 * sv
-        acc_v += 2.0 * k2v
-        acc_f += 2.0 * k2f
-        sv2, sf = vi + hh * k2v, fi + hh * k2f
-        k3v, k3f = _slopes(sv2, sf, ai, m2, inv2, si, co, fext[2], car, lag, it,
-                           gi, ci, dl, dq, ri, ti, wi, bi, ki)
-        acc_p += 2.0 * sv2
-        acc_v += 2.0 * k3v
-        acc_f += 2.0 * k3f
-        sv3, sf = vi + h * k3v, fi + h * k3f
-        k4v, k4f = _slopes(sv3, sf, ai, m3, inv3, si, co, fext[3], car, lag, it,
-                           gi, ci, dl, dq, ri, ti, wi, bi, ki)
-        acc_p += 1.0 * sv3
-        acc_v += 1.0 * k4v
-        acc_f += 1.0 * k4f
+        # The four stages as four calls with a constant stage number (a loop over
+        # c is not unrolled in time, and the loop over vehicles would not vectorise).
+        st = (vi, fi, 0.0, 0.0, 0.0)
+        pv = (pi, vi, fi, ai, si, co, car, lag, it, gi, ci, dl, dq, ri, ti, wi, bi, ki)
+        st = _fused_stage(0, h, st, mass[i] + pay[0], fext[0], pv)
+        st = _fused_stage(1, h, st, mass[i] + pay[1], fext[1], pv)
+        st = _fused_stage(2, h, st, mass[i] + pay[2], fext[2], pv)
+        _, _, acc_p, acc_v, acc_f = _fused_stage(3, h, st, mass[i] + pay[3], fext[3], pv)
         p[i] = pi + h6 * acc_p
         v[i] = vi + h6 * acc_v
         f[i] = fi + h6 * acc_f
