@@ -282,16 +282,20 @@ def event_window(t, events):
 # --------------------------------------------------------------------------
 # Plant over one control period (one vehicle)
 # --------------------------------------------------------------------------
-def input_cache() -> np.ndarray:
-    """Fresh cache of the road piece and event window for :func:`plant_interval`."""
-    cache = np.zeros(_N_CACHE)
-    cache[_CACHE_ROAD_HI] = cache[_CACHE_EVENT_HI] = -np.inf  # empty: look up first
-    return cache
-
-
-# Layout of that cache: road piece (lo, hi, theta_lo, slope, sin, cos of
+# Layout of the input cache: road piece (lo, hi, theta_lo, slope, sin, cos of
 # theta_lo), then event window (lo, hi, payload, force).
 _N_CACHE, _CACHE_ROAD_HI, _CACHE_EVENT_HI = 10, 1, 7
+# Rows of the batch scratch array (see batch_work).
+_N_WORK = 13
+
+
+@njit(cache=True)
+def input_cache():
+    """Fresh cache of the road piece and event window for :func:`plant_interval`."""
+    cache = np.zeros(_N_CACHE)
+    cache[_CACHE_ROAD_HI] = -_INF  # empty: the first stage looks both up
+    cache[_CACHE_EVENT_HI] = -_INF
+    return cache
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -492,8 +496,7 @@ def rollout(pp, cp, prof, out):
     lag = pp[P_TAU] > 0.0
     z, f, feasible = initial_state(pp, cp, prof)
     p, v, e = 0.0, prof.v0, 0.0
-    cache = np.zeros(_N_CACHE)
-    cache[_CACHE_ROAD_HI] = cache[_CACHE_EVENT_HI] = -_INF
+    cache = input_cache()
     for k in range(n + 1):
         e, u, a, z = control_step(v + prof.noise[k], prof.ref[k], e, z, k == 0,
                                   ts, lo, hi, cp)
@@ -700,11 +703,17 @@ def advance_batch(p, v, f, a, t0, dt, substeps, plant, prof, work):
             f[i] += h6 * af[i]
 
 
-def batch_work(nb: int) -> np.ndarray:
-    """Scratch space for :func:`advance_batch` over ``nb`` vehicles."""
-    work = np.zeros((13, nb + 1))
-    work[9] = np.inf   # road-piece cache starts invalid (lo=inf > any x)
-    work[10] = -np.inf
+@njit(cache=True)
+def batch_work(nb):
+    """Scratch space for :func:`advance_batch` over ``nb`` vehicles.
+
+    Rows 0-5 stage state and weighted sums, 6-7 sin and cos of each vehicle's
+    grade, 8 1/tau, 9-12 each vehicle's cached road piece (lo, hi, theta_lo,
+    slope); one spare column.
+    """
+    work = np.zeros((_N_WORK, nb + 1))
+    work[9, :] = _INF   # road-piece cache starts invalid (lo = inf > any x)
+    work[10, :] = -_INF
     return work
 
 
@@ -721,9 +730,7 @@ def _lockstep(pp, cp, prof, out, diverged_at, feasible):
     a = np.empty(nb)
     z = np.empty(nb)
     e = np.zeros(nb)
-    work = np.zeros((13, nb + 1))
-    work[9, :] = np.inf
-    work[10, :] = -np.inf
+    work = batch_work(nb)
     for i in range(nb):
         z[i], f[i], feasible[i] = initial_state(pp[i], cp[i], prof)
         diverged_at[i] = -1
@@ -867,7 +874,7 @@ def _advance_group(rows, p, v, f, a, t0, dt, substeps, plant, prof, work):
     m = rows.shape[0]
     gp, gv, gf, ga = np.empty(m), np.empty(m), np.empty(m), np.empty(m)
     gplant = np.empty((plant.shape[0], m))
-    gwork = np.zeros((13, m + 1))
+    gwork = batch_work(m)
     for j in range(m):
         i = rows[j]
         gp[j], gv[j], gf[j], ga[j] = p[i], v[i], f[i], a[i]
