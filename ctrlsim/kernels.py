@@ -44,7 +44,7 @@ __all__ = [
     "LAW_MLP", "MLP_LAYOUT", "N_MLP_HEADER", "ACT_RELU", "ACT_LEAKY", "ACT_TANH", "ACT_LINEAR",
     "KIND_ROBOT", "KIND_CAR", "OUT_FIELDS", "Profiles", "control_step",
     "plant_interval", "equilibrium_command", "rollout", "rollout_batch",
-    "advance_batch", "batch_work", "input_cache", "specialise",
+    "advance_batch", "batch_work", "input_cache", "law_inputs", "specialise",
 ]
 
 # --------------------------------------------------------------------------
@@ -439,6 +439,23 @@ def _phi_inv(a, alpha):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _measure(y, r, e_prev, first, ts):
+    """Error ``e = r - y`` and its difference quotient (0 at the first sample)."""
+    e = r - y
+    # Times 1/Ts (hoisted out of loops) rather than / Ts: a division less on
+    # the latency chain from speed to command.
+    return e, 0.0 if first else (e - e_prev) * (1.0 / ts)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _integrate(z, e, s, a, ts, cp):
+    """Next integrator state ``z + Ts*(e + g*(phi_inv(a) - s))`` (header of ``cp``)."""
+    if cp[C_INTEGRATE] != 0.0:
+        return z + ts * (e + cp[C_AW_GAIN] * (_phi_inv(a, cp[C_SLOPE]) - s))
+    return z
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def control_step(y, r, e_prev, z, first, ts, lo, hi, cp):
     """One sample of the digital controller.
 
@@ -447,15 +464,28 @@ def control_step(y, r, e_prev, z, first, ts, lo, hi, cp):
     state ``z + Ts*(e + g*(phi_inv(a) - s))`` (unchanged if the law has no
     integrator).
     """
-    e = r - y
-    # Times 1/Ts (hoisted out of the loop) rather than / Ts: a division less on
-    # the latency chain from speed to command.
-    d = 0.0 if first else (e - e_prev) * (1.0 / ts)
+    e, d = _measure(y, r, e_prev, first, ts)
     s, u = control_law(e, z, d, y, r, cp)
     a = min(max(u, lo), hi)
-    if cp[C_INTEGRATE] != 0.0:
-        z = z + ts * (e + cp[C_AW_GAIN] * (_phi_inv(a, cp[C_SLOPE]) - s))
-    return e, u, a, z
+    return e, u, a, _integrate(z, e, s, a, ts, cp)
+
+
+@njit(cache=True, error_model="numpy")
+def law_inputs(speed, u, a, prof, cp):
+    """The law inputs ``(e, z, d, y, r)`` (n, 5) a controller with header ``cp``
+    would have seen along a run with true speeds ``speed``, outputs ``u`` and
+    applied commands ``a`` (n,): the same measurement and integrator as
+    :func:`control_step`, replayed (e.g. an MLP's inputs along an expert's run).
+    """
+    n = speed.shape[0]
+    x = np.empty((n, 5))
+    e, z = 0.0, 0.0
+    for k in range(n):
+        y, r = speed[k] + prof.noise[k], prof.ref[k]
+        e, d = _measure(y, r, e, k == 0, prof.ts)
+        x[k, 0], x[k, 1], x[k, 2], x[k, 3], x[k, 4] = e, z, d, y, r
+        z = _integrate(z, e, u[k], a[k], prof.ts, cp)
+    return x
 
 
 # --------------------------------------------------------------------------
@@ -949,8 +979,7 @@ def _env_finish(r0, r1, mode, state, k, plant, start, ref, noise, prof, work, we
         kk = min(k[i], n)
         y = v[i] + noise[i, kk]
         r = ref[i, kk]
-        e = r - y
-        d = 0.0 if kk == 0 else (e - ep[i]) * (1.0 / ts)   # as control_step
+        e, d = _measure(y, r, ep[i], kk == 0, ts)   # as control_step
         ep[i] = e
         obs[i, 0] = _clip_obs(e / scales[0], bound)
         obs[i, 1] = _clip_obs(z[i] / scales[1], bound)

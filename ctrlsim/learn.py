@@ -165,14 +165,10 @@ def law_inputs(out: np.ndarray, prof: K.Profiles, kaw: float = 0.0) -> np.ndarra
     """
     ok = np.all(np.isfinite(out), axis=1)
     n = int(np.argmin(ok)) if not ok.all() else out.shape[0]
-    v, u, a = out[:n, 1], out[:n, 3], out[:n, 4]
-    r = prof.ref[:n]
-    y = v + prof.noise[:n]
-    e = r - y
-    d = np.concatenate([[0.0], np.diff(e) / prof.ts]) if n else e
-    dz = prof.ts * (e + kaw * (a - u))
-    z = np.concatenate([[0.0], np.cumsum(dz)[:-1]]) if n else e
-    return np.stack([e, z, d, y, r], axis=1)
+    header = np.zeros(K.N_PID)   # an integrator dz = e + kaw*(a - u), phi_inv = identity
+    header[K.C_INTEGRATE], header[K.C_AW_GAIN], header[K.C_SLOPE] = 1.0, kaw, 1.0
+    return K.law_inputs(np.ascontiguousarray(out[:n, 1]), np.ascontiguousarray(out[:n, 3]),
+                        np.ascontiguousarray(out[:n, 4]), prof, header)
 
 
 def dead_unit_fraction(controller: MLPController, inputs_or_trajectory,
