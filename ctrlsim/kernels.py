@@ -222,6 +222,21 @@ def _theta(x, seg_lo, th_lo, slope):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _stage_time(ta, c, h):
+    """Time of RK4 stage ``c`` of the substep starting at ``ta``, nudged inside it.
+
+    The end stages sit ``_STAGE_EPS * h`` inside the open substep, so an input
+    that switches exactly on a substep boundary is seen as the value that holds
+    during the substep.
+    """
+    if c == 0:
+        return ta + _STAGE_EPS * h
+    if c == 3:
+        return ta + h - _STAGE_EPS * h
+    return ta + 0.5 * h
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _rk4_combine(c, h, x0, k, acc):
     """Classical RK4 bookkeeping for one state component at stage ``c``.
 
@@ -317,7 +332,7 @@ def plant_interval(p, v, f, a, t0, dt, substeps, pp, prof, cache):
     by_time = prof.grade_by_time
     gx, gth, events = prof.grade_x, prof.grade_th, prof.events
     h = dt / substeps
-    hh, h6, eps = 0.5 * h, h / 6.0, _STAGE_EPS * h
+    h6 = h / 6.0
     r_lo, r_hi, th_lo, slope, sn0, cs0 = (cache[0], cache[1], cache[2], cache[3],
                                           cache[4], cache[5])
     e_lo, e_hi, payload, f_ext = cache[6], cache[7], cache[8], cache[9]
@@ -326,12 +341,7 @@ def plant_interval(p, v, f, a, t0, dt, substeps, pp, prof, cache):
         sp, sv, sf = p, v, f
         acc_p = acc_v = acc_f = 0.0
         for c in range(4):
-            if c == 0:
-                ts = ta + eps
-            elif c == 3:
-                ts = ta + h - eps
-            else:
-                ts = ta + hh
+            ts = _stage_time(ta, c, h)
             x = ts if by_time else sp
             if not (r_lo <= x < r_hi):
                 r_lo, r_hi, th_lo, slope = road_segment(x, gx, gth)
@@ -644,14 +654,13 @@ def _advance_fused(p, v, f, a, t0, h, substeps, plant, inv_tau, spans, prof, wor
     nb = p.shape[0]
     sn, cs = work[6, :nb], work[7, :nb]
     _road_pass(True, p, work[9:13], sn, cs, prof.grade_x, prof.grade_th, nb)
-    eps = _STAGE_EPS * h
     pay, fext = np.empty(4), np.empty(4)
     e_lo, e_hi, payload, f_ext = -_INF, -_INF, 0.0, 0.0
     for j in range(substeps):
         ta = t0 + j * h
         # The event inputs at the stage times, exactly as plant_interval takes them.
         for c in range(4):
-            ts = ta + eps if c == 0 else (ta + h - eps if c == 3 else ta + 0.5 * h)
+            ts = _stage_time(ta, c, h)
             if not (e_lo <= ts < e_hi):
                 e_lo, e_hi, payload, f_ext = event_window(ts, prof.events)
             pay[c], fext[c] = payload, f_ext
@@ -694,7 +703,7 @@ def advance_batch(p, v, f, a, t0, dt, substeps, plant, prof, work):
     else:
         spans = [(i, i + 1, kind[i] == KIND_CAR) for i in range(nb)]
     h = dt / substeps
-    hh, h6, eps = 0.5 * h, h / 6.0, _STAGE_EPS * h
+    h6 = h / 6.0
     e_lo, e_hi, payload, f_ext = -_INF, -_INF, 0.0, 0.0
     if flat and not by_time:
         _advance_fused(p, v, f, a, t0, h, substeps, plant, inv_tau, spans, prof, work)
@@ -706,12 +715,7 @@ def advance_batch(p, v, f, a, t0, dt, substeps, plant, prof, work):
         sv[:] = v
         sf[:] = f
         for c in range(4):
-            if c == 0:
-                ts = ta + eps
-            elif c == 3:
-                ts = ta + h - eps
-            else:
-                ts = ta + hh
+            ts = _stage_time(ta, c, h)
             if not (e_lo <= ts < e_hi):
                 e_lo, e_hi, payload, f_ext = event_window(ts, prof.events)
             if not flat or j + c == 0:
