@@ -26,7 +26,7 @@ from .validation import ParameterError, ParameterTypeError, finite_float, text
 __all__ = [
     "Controller", "ReLUController", "LeakyReLUController", "LinearController",
     "CustomController", "controller", "as_controller", "default_controller", "GAIN_NAMES",
-    "DEFAULT_ALPHA",
+    "DEFAULT_ALPHA", "pid_vectors",
 ]
 
 GAIN_NAMES = ("kp", "ki", "kd", "kaw", "feedforward")
@@ -107,11 +107,8 @@ class Controller:
         """The kernel's controller vector, laid out as ``kernels.PID_LAYOUT``."""
         if not self.resolved:
             raise ValueError("controller has unset gains; call resolve() first")
-        ki = self.ki
-        values = dict(law=K.LAW_PID, integrate=float(ki != 0.0),
-                      aw_gain=self.kaw / ki if ki != 0.0 else 0.0, aw_slope=self.slope,
-                      kp=self.kp, ki=ki, kd=self.kd, feedforward=self.feedforward)
-        return np.array([values[name] for name in K.PID_LAYOUT], dtype=float)
+        gains = {n: np.array([getattr(self, n)], dtype=float) for n in GAIN_NAMES}
+        return pid_vectors(slope=np.array([self.slope]), **gains)[0]
 
     def kernels(self) -> tuple[Callable, Callable]:
         """The compiled ``(rollout, rollout_batch)`` this controller runs in."""
@@ -331,6 +328,20 @@ def as_controller(obj) -> Controller | CustomController | None:
     raise ParameterTypeError("controller", "must be a Controller, a CustomController, an "
                              "MLPController, a spec "
                              f"string or None, got {type(obj).__name__}")
+
+
+def pid_vectors(kp, ki, kd, kaw, feedforward, slope) -> np.ndarray:
+    """Controller vectors (n, ``kernels.N_PID``) of n PID-family controllers.
+
+    Each argument is an array (n,) of that gain (``slope``: the activation's
+    slope for s < 0). :meth:`Controller.pack` and sweeps both pack through here.
+    """
+    n = np.shape(kp)[0]
+    ki = np.asarray(ki, dtype=float)
+    values = dict(law=np.full(n, K.LAW_PID), integrate=(ki != 0.0).astype(float),
+                  aw_gain=np.divide(kaw, ki, out=np.zeros(n), where=ki != 0.0),
+                  aw_slope=slope, kp=kp, ki=ki, kd=kd, feedforward=feedforward)
+    return np.column_stack([np.asarray(values[name], dtype=float) for name in K.PID_LAYOUT])
 
 
 def default_controller(preset: str) -> Controller:

@@ -30,6 +30,7 @@ from .controllers import (
     CustomController,
     LeakyReLUController,
     as_controller,
+    pid_vectors,
 )
 from .fastmetrics import N_METRICS, block_metrics, metric_settings, step_start
 from .metrics import METRIC_KEYS
@@ -283,7 +284,7 @@ def _block_inputs(plan: _Plan, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray
     """Plant and controller vectors of rows ``[lo, hi)``, packed without Python per row.
 
     Equal to packing ``plant.with_(...)`` and the swept controller row by row
-    (tested): the same columns, ``aw_gain = kaw / ki`` by the same division.
+    (tested): controllers go through the same :func:`~ctrlsim.controllers.pid_vectors`.
     """
     idx = np.unravel_index(np.arange(lo, hi), plan.shape)
     n = hi - lo
@@ -294,15 +295,9 @@ def _block_inputs(plan: _Plan, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray
         for j, name in enumerate(plan.names):
             if name in g:
                 g[name] = plan.axes[j][idx[j]]
-        ki, kaw = g["ki"], g["kaw"]
-        cp = np.empty((n, K.N_PID))
-        cp[:, K.C_LAW] = K.LAW_PID
-        cp[:, K.C_INTEGRATE] = (ki != 0.0).astype(float)
-        cp[:, K.C_AW_GAIN] = np.divide(kaw, ki, out=np.zeros(n), where=ki != 0.0)
-        cp[:, K.C_SLOPE] = (plan.axes[plan.alpha_axis][idx[plan.alpha_axis]]
-                            if plan.alpha_axis >= 0 else plan.cp0[K.C_SLOPE])
-        cp[:, K.C_KP], cp[:, K.C_KI], cp[:, K.C_KD], cp[:, K.C_FF] = (
-            g["kp"], ki, g["kd"], g["feedforward"])
+        slope = (plan.axes[plan.alpha_axis][idx[plan.alpha_axis]]
+                 if plan.alpha_axis >= 0 else np.full(n, plan.cp0[K.C_SLOPE]))
+        cp = pid_vectors(slope=slope, **g)
     if plan.plant_axes:
         sub = tuple(plan.shape[a] for a in plan.plant_axes)
         pidx = np.ravel_multi_index(tuple(idx[a] for a in plan.plant_axes), sub)
