@@ -203,9 +203,7 @@ def _cmd_sweep(args) -> int:
                                    _joined(items, ","), ["]}"]))
     else:
         _out(f"{_line(sc.name)}: sweep of {', '.join(res.names)} ({total} runs)")
-        cells = lambda: (_fmt_row([f"{r[n]:g}" for n in res.names], r, r["diverged"])  # noqa: E731
-                         for r in res.iter_rows())
-        _out_lines(_table_lines(cells, headers=list(res.names)))
+        _out_lines(_table_lines(lambda: _sweep_cells(res), headers=list(res.names)))
     _wrote(targets, args.json)
     return 0
 
@@ -451,17 +449,32 @@ def _wrote(targets: dict, quiet: bool) -> None:
         _out(f"plot written to {targets['--plot.shown']}", sys.stderr if quiet else sys.stdout)
 
 
+def _fmt_metric(key: str, value: float, overshoot: float) -> str:
+    if math.isnan(value):
+        return "not settled" if key == "settling_time" and not math.isnan(overshoot) else "-"
+    return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.4g}"
+
+
 def _fmt_row(lead: list[str], m: dict, diverged: bool, at: float | None = None) -> list[str]:
-    cells = []
-    for key, _, _ in _COLUMNS:
-        value = m[key]
-        if math.isnan(value):
-            cells.append("not settled" if key == "settling_time" and not math.isnan(
-                m["overshoot"]) else "-")
-        else:
-            cells.append(f"{value:.3g}" if abs(value) < 1e4 else f"{value:.4g}")
+    cells = [_fmt_metric(key, m[key], m["overshoot"]) for key, _, _ in _COLUMNS]
     status = "ok" if not diverged else ("DIVERGED" + (f" at {at:.2f} s" if at is not None else ""))
     return lead + cells + [status]
+
+
+def _sweep_cells(res, chunk: int = 4096):
+    """The sweep table's rows as tuples of cells, formatted a column at a time
+    from the result arrays (the same cells as :func:`_fmt_row`; a 100 000-row
+    table in well under a second, without holding it in memory)."""
+    n = res.diverged.size
+    for lo in range(0, n, chunk):
+        hi = min(lo + chunk, n)
+        cols = [[f"{x:g}" for x in res.values[name][lo:hi].tolist()] for name in res.names]
+        over = res.metrics["overshoot"][lo:hi].tolist()
+        for key, _, _ in _COLUMNS:
+            cols.append([_fmt_metric(key, x, o)
+                         for x, o in zip(res.metrics[key][lo:hi].tolist(), over)])
+        cols.append(["DIVERGED" if d else "ok" for d in res.diverged[lo:hi].tolist()])
+        yield from zip(*cols)
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
@@ -476,9 +489,12 @@ def _table_lines(rows, headers: list[str]):
         widths = [max(w, len(c)) for w, c in zip(widths, r)]
     n_lead = len(headers) - len(_COLUMNS) - 1
 
+    # One format string per table: lead columns and status left-aligned, metrics right.
+    template = "  ".join(f"{{:{'<' if i < n_lead or i == len(widths) - 1 else '>'}{w}}}"
+                         for i, w in enumerate(widths))
+
     def line(cells):
-        return "  ".join(c.ljust(w) if i < n_lead or i == len(cells) - 1 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return template.format(*cells).rstrip()
     yield line(headers)
     yield line(["-" * w for w in widths])
     for r in rows():
