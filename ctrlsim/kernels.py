@@ -314,28 +314,32 @@ def input_cache():
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def plant_interval(p, v, f, a, t0, dt, substeps, pp, prof, cache):
-    """Integrate the plant over ``[t0, t0 + dt]`` with command ``a`` held.
+def _plant_scalars(pp):
+    """The plant vector as a tuple of scalars for :func:`_interval`.
 
-    Classical RK4 with ``substeps`` equal substeps; inputs (grade, payload,
-    external force) are evaluated at the stage times and looked up only when
-    a stage leaves the road piece or event window held in ``cache`` (from
-    :func:`input_cache`, kept between calls). Returns the new (position,
-    speed, actuator force).
+    Taken once before a time loop: the compiler cannot keep array entries in
+    registers across the loop's stores to other arrays (they might alias).
     """
-    car = pp[P_KIND] == KIND_CAR
-    g, cr, dlin, dquad = pp[P_G], pp[P_CR], pp[P_DLIN], pp[P_DQUAD]
-    mass, lag = pp[P_MASS], pp[P_TAU] > 0.0
-    inv_tau = 1.0 / pp[P_TAU] if lag else 0.0
-    gr, tmax, wmax, beta, brake = (pp[P_GEAR_RATIO], pp[P_TMAX], pp[P_WMAX],
-                                   pp[P_BETA], pp[P_BRAKE])
+    lag = pp[P_TAU] > 0.0
+    return (pp[P_KIND] == KIND_CAR, pp[P_MASS], lag, 1.0 / pp[P_TAU] if lag else 0.0,
+            pp[P_G], pp[P_CR], pp[P_DLIN], pp[P_DQUAD], pp[P_GEAR_RATIO], pp[P_TMAX],
+            pp[P_WMAX], pp[P_BETA], pp[P_BRAKE])
+
+
+# The input cache as a tuple: road piece (lo, hi, theta_lo, slope, sin, cos of
+# theta_lo), then event window (lo, hi, payload, force); empty to start with.
+_EMPTY_CACHE = (0.0, -_INF, 0.0, 0.0, 0.0, 0.0, 0.0, -_INF, 0.0, 0.0)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _interval(p, v, f, a, t0, h, substeps, par, prof, cache):
+    """:func:`plant_interval` on scalars: substep ``h``, the plant ``par`` from
+    :func:`_plant_scalars` and the cache as a tuple. Returns ``(p, v, f, cache)``."""
+    car, mass, lag, inv_tau, g, cr, dlin, dquad, gr, tmax, wmax, beta, brake = par
     by_time = prof.grade_by_time
     gx, gth, events = prof.grade_x, prof.grade_th, prof.events
-    h = dt / substeps
     h6 = h / 6.0
-    r_lo, r_hi, th_lo, slope, sn0, cs0 = (cache[0], cache[1], cache[2], cache[3],
-                                          cache[4], cache[5])
-    e_lo, e_hi, payload, f_ext = cache[6], cache[7], cache[8], cache[9]
+    r_lo, r_hi, th_lo, slope, sn0, cs0, e_lo, e_hi, payload, f_ext = cache
     for j in range(substeps):
         ta = t0 + j * h
         sp, sv, sf = p, v, f
@@ -368,9 +372,25 @@ def plant_interval(p, v, f, a, t0, dt, substeps, pp, prof, cache):
         p += h6 * acc_p
         v += h6 * acc_v
         f += h6 * acc_f
-    cache[0], cache[1], cache[2], cache[3], cache[4], cache[5] = (r_lo, r_hi, th_lo,
-                                                                  slope, sn0, cs0)
-    cache[6], cache[7], cache[8], cache[9] = e_lo, e_hi, payload, f_ext
+    return p, v, f, (r_lo, r_hi, th_lo, slope, sn0, cs0, e_lo, e_hi, payload, f_ext)
+
+
+@njit(cache=True, error_model="numpy")
+def plant_interval(p, v, f, a, t0, dt, substeps, pp, prof, cache):
+    """Integrate the plant over ``[t0, t0 + dt]`` with command ``a`` held.
+
+    Classical RK4 with ``substeps`` equal substeps; inputs (grade, payload,
+    external force) are evaluated at the stage times and looked up only when
+    a stage leaves the road piece or event window held in ``cache`` (from
+    :func:`input_cache`, kept between calls). Returns the new (position,
+    speed, actuator force).
+    """
+    c = (cache[0], cache[1], cache[2], cache[3], cache[4], cache[5], cache[6], cache[7],
+         cache[8], cache[9])
+    p, v, f, c = _interval(p, v, f, a, t0, dt / substeps, substeps, _plant_scalars(pp),
+                           prof, c)
+    (cache[0], cache[1], cache[2], cache[3], cache[4], cache[5], cache[6], cache[7],
+     cache[8], cache[9]) = c
     return p, v, f
 
 
@@ -536,7 +556,7 @@ def rollout(pp, cp, prof, out):
     lag = pp[P_TAU] > 0.0
     z, f, feasible = initial_state(pp, cp, prof)
     p, v, e = 0.0, prof.v0, 0.0
-    cache = input_cache()
+    par, cache, h = _plant_scalars(pp), _EMPTY_CACHE, ts / prof.substeps
     for k in range(n + 1):
         e, u, a, z = control_step(v + prof.noise[k], prof.ref[k], e, z, k == 0,
                                   ts, lo, hi, cp)
@@ -550,8 +570,7 @@ def rollout(pp, cp, prof, out):
         out[k, 4] = a
         if k == n:
             break
-        p, v, f = plant_interval(p, v, f, a, k * ts, ts, prof.substeps, pp, prof,
-                                 cache)
+        p, v, f, cache = _interval(p, v, f, a, k * ts, h, prof.substeps, par, prof, cache)
         if not _bounded(p, v, f, prof.v_limit):
             out[k + 1:, :] = np.nan
             return k + 1, feasible

@@ -118,19 +118,21 @@ def simulate(scenario: Scenario, controller: Controller | CustomController | Non
     scenario, controller = as_scenario(scenario), as_controller(controller)
     ctl = scenario.resolved_controller(controller)
     check_setup(scenario, [ctl])
-    prof = scenario.pack()
+    t = scenario.time
+    prof = scenario.pack(t)
     rollout = ctl.kernels()[0]
     out = np.empty((prof.ref.size, len(K.OUT_FIELDS)))
     diverged_at, feasible = rollout(scenario.plant.pack(), ctl.pack(), prof, out)
     if not feasible:
         warn_infeasible_start(scenario)
-    return make_trajectory(scenario, ctl, prof.ref, out, int(diverged_at))
+    return make_trajectory(scenario, ctl, prof.ref, out, int(diverged_at), t)
 
 
 def make_trajectory(scenario: Scenario, ctl, ref: np.ndarray, out: np.ndarray,
-                    diverged_at: int) -> Trajectory:
-    """Wrap one kernel output array (N + 1, 5) as a :class:`Trajectory`."""
-    t = scenario.time
+                    diverged_at: int, t: np.ndarray | None = None) -> Trajectory:
+    """Wrap one kernel output array (N + 1, 5) as a :class:`Trajectory`
+    (``t``: ``scenario.time``, if the caller has it)."""
+    t = scenario.time if t is None else t
     cols = {name: out[:, i] for i, name in enumerate(K.OUT_FIELDS)}
     return Trajectory(t=t, reference=ref, diverged=diverged_at >= 0,
                       diverged_at=float(t[diverged_at]) if diverged_at >= 0 else None,

@@ -163,3 +163,22 @@ def test_kernel_output_is_finite_unless_flagged(plant, gains, substeps, period, 
     else:
         assert np.all(np.isfinite(cols))
         assert all(math.isfinite(metrics[k]) for k in TRACKING_KEYS)
+
+
+@pytest.mark.parametrize("ts", [0.001, 0.01, 0.02, 0.05, 0.1])
+def test_few_step_reference_samples_like_the_general_rule(ts):
+    """The bisection path for a few steps gives exactly the general rule's samples:
+    step i holds where t + 1e-9 >= time_i, including steps that fall on a sample
+    (where k*Ts may round just below the step time) and between samples."""
+    rng = np.random.default_rng(1)
+    t = np.arange(round(20.0 / ts) + 1) * ts
+    on_grid = [k * ts for k in (1, 7, 150, 199)]
+    between = list(rng.uniform(0.0, 20.0, 6))
+    for times in (on_grid, sorted(between), sorted(on_grid[:2] + between[:3]), [0.0]):
+        times = sorted(set(times))
+        pts = tuple((float(w), float(s)) for w, s in zip(times, rng.uniform(0, 3, len(times))))
+        got = Reference(pts).sample(t, 1.25)
+        arr_t, arr_s = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+        idx = np.searchsorted(arr_t, t + 1e-9, side="right") - 1
+        want = np.where(idx >= 0, arr_s[np.maximum(idx, 0)], 1.25)
+        np.testing.assert_array_equal(got, want)
