@@ -101,8 +101,9 @@ class _Core:
                                  DIVERGENCE_PENALTY])
         self.nb = nb
         self.plant = np.ascontiguousarray(np.repeat(self.pp[:, None], nb, axis=1))
-        self.ref = np.ascontiguousarray(np.repeat(self.prof.ref[None, :], nb, axis=0))
-        self.noise = np.ascontiguousarray(np.repeat(self.prof.noise[None, :], nb, axis=0))
+        # (N + 1, nb): a step reads one sample of every row, so rows are adjacent.
+        self.ref = np.ascontiguousarray(np.repeat(self.prof.ref[:, None], nb, axis=1))
+        self.noise = np.ascontiguousarray(np.repeat(self.prof.noise[:, None], nb, axis=1))
         self.nominal_start = np.array(self._start(self.pp, self.prof) + (np.nan,))
         self.start = np.repeat(self.nominal_start[:, None], nb, axis=1)
         self.state = np.zeros((8, nb))
@@ -129,8 +130,8 @@ class _Core:
         """Set row ``i``'s episode parameters: nominal, or drawn from ``rng``."""
         if not self.randomize:
             self.plant[:, i] = self.pp
-            self.ref[i] = self.prof.ref
-            self.noise[i] = self.prof.noise
+            self.ref[:, i] = self.prof.ref
+            self.noise[:, i] = self.prof.noise
             self.start[:, i] = self.nominal_start
             self.grade[i] = np.nan
             return
@@ -149,8 +150,8 @@ class _Core:
         prof = self.prof._replace(v0=v0, ref=ref, noise=noise, grade_x=np.zeros(1),
                                   grade_th=np.array([theta]), grade_by_time=False)
         self.plant[:, i] = pp
-        self.ref[i] = ref
-        self.noise[i] = noise
+        self.ref[:, i] = ref
+        self.noise[:, i] = noise
         self.start[:, i] = self._start(pp, prof) + (theta,)
         self.grade[i] = theta
 
@@ -165,9 +166,10 @@ class _Core:
             self._act[0] = min(max(x, -1.0), 1.0)
             return self._act
         a = a.reshape(self.nb)
-        if np.isnan(a).any():
+        total = a.sum()  # NaN if any entry is (or if +inf meets -inf): then look
+        if total != total and np.isnan(a).any():
             raise ValueError("action contains NaN")
-        return np.clip(a, -1.0, 1.0)
+        return np.ascontiguousarray(a)  # clipped to the box by the kernel
 
     def run(self, act: np.ndarray, reset: np.ndarray) -> None:
         K.step_batch(act, reset, self.state, self.k, self.plant, self.cbase, self.use_base,
@@ -274,7 +276,7 @@ class CruiseControlEnv(gym.Env):
         k = int(c.k[0])
         return {"time": k * self.scenario.control_period, "position": float(s[0, 0]),
                 "speed": float(s[1, 0]), "force": float(s[2, 0]),
-                "command": float(s[7, 0]), "reference": float(c.ref[0, min(k, c.n)])}
+                "command": float(s[7, 0]), "reference": float(c.ref[min(k, c.n), 0])}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -298,7 +300,7 @@ class CruiseControlEnv(gym.Env):
         c = self._core
         k = int(c.k[0])
         self._trace.append((k * self.scenario.control_period, float(c.state[1, 0]),
-                            float(c.ref[0, min(k, c.n)]), float(c.state[0, 0])))
+                            float(c.ref[min(k, c.n), 0]), float(c.state[0, 0])))
 
     def grade_at(self, position: float, time: float) -> float:
         """Road grade (deg) under the vehicle: the episode's constant grade or the road's."""
@@ -397,7 +399,7 @@ class CruiseControlVectorEnv(VectorEnv):
     def step(self, actions):
         c = self._core
         act = c.action(actions, self.action_space.shape)
-        mode = self._autoreset.astype(np.int8)      # STEP = 0, RESTART = 1
+        mode = self._autoreset.view(np.int8)        # STEP = 0, RESTART = 1 (no copy)
         if c.randomize and mode.any():
             for i in np.flatnonzero(mode):
                 c.prepare(int(i), self._rngs[i])

@@ -581,13 +581,15 @@ def rollout(pp, cp, prof, out):
 # Many vehicles in lockstep (struct of arrays, vehicle loop innermost)
 # --------------------------------------------------------------------------
 @njit(cache=True, error_model="numpy")
-def _road_pass(x_of, sp, seg, sn, cs, gx, gth, nb):
-    """Per-vehicle grade at stage positions ``sp``: refresh pieces, then sin/cos.
+def _road_pass(x_of, sp, seg, sn, cs, gx, gth, r0, r1):
+    """Grade of vehicles ``r0 <= i < r1`` at stage positions ``sp``: refresh
+    pieces, then sin/cos.
 
     ``seg`` (4, nb) caches each vehicle's road piece (lo, hi, theta_lo,
-    slope); ``sn``/``cs`` receive sin/cos of the grade.
+    slope); ``sn``/``cs`` receive sin/cos of the grade. Without ``x_of``
+    every vehicle is looked up at ``sp[0]`` (a time).
     """
-    for i in range(nb):
+    for i in range(r0, r1):
         x = sp[i] if x_of else sp[0]
         if not (seg[0, i] <= x < seg[1, i]):
             seg[0, i], seg[1, i], seg[2, i], seg[3, i] = road_segment(x, gx, gth)
@@ -666,13 +668,13 @@ def _substep_rows(h, p, v, f, a, inv_tau, pay, fext, sn, cs, car, mass, g, cr, d
 
 
 @njit(cache=True, error_model="numpy")
-def _advance_fused(p, v, f, a, t0, h, substeps, plant, inv_tau, spans, prof, work):
-    """:func:`advance_batch` on a flat road by position (each vehicle keeps the
+def _advance_fused(r0, r1, p, v, f, a, t0, h, substeps, plant, inv_tau, spans, prof,
+                   work):
+    """:func:`advance_rows` on a flat road by position (each vehicle keeps the
     constant grade cached in ``work``: the road's, or its own from
     :func:`preset_grade`)."""
-    nb = p.shape[0]
-    sn, cs = work[6, :nb], work[7, :nb]
-    _road_pass(True, p, work[9:13], sn, cs, prof.grade_x, prof.grade_th, nb)
+    sn, cs = work[6], work[7]
+    _road_pass(True, p, work[9:13], sn, cs, prof.grade_x, prof.grade_th, r0, r1)
     pay, fext = np.empty(4), np.empty(4)
     e_lo, e_hi, payload, f_ext = -_INF, -_INF, 0.0, 0.0
     for j in range(substeps):
@@ -701,10 +703,16 @@ def advance_batch(p, v, f, a, t0, dt, substeps, plant, prof, work):
     ``work`` a scratch array from :func:`batch_work` (it also caches road
     pieces between calls). ``p, v, f`` (nb,) are updated in place.
     """
-    nb = p.shape[0]
-    sp, sv, sf = work[0, :nb], work[1, :nb], work[2, :nb]
-    ap, av, af = work[3, :nb], work[4, :nb], work[5, :nb]
-    sn, cs, inv_tau = work[6, :nb], work[7, :nb], work[8, :nb]
+    advance_rows(0, p.shape[0], p, v, f, a, t0, dt, substeps, plant, prof, work)
+
+
+@njit(cache=True, error_model="numpy")
+def advance_rows(r0, r1, p, v, f, a, t0, dt, substeps, plant, prof, work):
+    """:func:`advance_batch` of the vehicles ``r0 <= i < r1`` only (the rest
+    untouched), so that threads can share the arrays without copying them."""
+    sp, sv, sf = work[0], work[1], work[2]
+    ap, av, af = work[3], work[4], work[5]
+    sn, cs, inv_tau = work[6], work[7], work[8]
     seg = work[9:13]
     gx, gth = prof.grade_x, prof.grade_th
     # A road with one grade everywhere needs no per-stage lookups.
@@ -714,25 +722,26 @@ def advance_batch(p, v, f, a, t0, dt, substeps, plant, prof, work):
                                 plant[P_DQUAD])
     tau, gr, tmax = plant[P_TAU], plant[P_GEAR_RATIO], plant[P_TMAX]
     wmax, beta, brake = plant[P_WMAX], plant[P_BETA], plant[P_BRAKE]
-    for i in range(nb):
+    for i in range(r0, r1):
         inv_tau[i] = 1.0 / tau[i] if tau[i] > 0.0 else 0.0
-    kind = plant[P_KIND]
+    kind = plant[P_KIND, r0:r1]
     if np.all(kind == kind[0]):
-        spans = [(0, nb, kind[0] == KIND_CAR)]
+        spans = [(r0, r1, kind[0] == KIND_CAR)]
     else:
-        spans = [(i, i + 1, kind[i] == KIND_CAR) for i in range(nb)]
+        spans = [(i, i + 1, plant[P_KIND, i] == KIND_CAR) for i in range(r0, r1)]
     h = dt / substeps
     h6 = h / 6.0
     e_lo, e_hi, payload, f_ext = -_INF, -_INF, 0.0, 0.0
     if flat and not by_time:
-        _advance_fused(p, v, f, a, t0, h, substeps, plant, inv_tau, spans, prof, work)
+        _advance_fused(r0, r1, p, v, f, a, t0, h, substeps, plant, inv_tau, spans, prof,
+                       work)
         return
     tbuf = np.empty(1)
     for j in range(substeps):
         ta = t0 + j * h
-        sp[:] = p
-        sv[:] = v
-        sf[:] = f
+        sp[r0:r1] = p[r0:r1]
+        sv[r0:r1] = v[r0:r1]
+        sf[r0:r1] = f[r0:r1]
         for c in range(4):
             ts = _stage_time(ta, c, h)
             if not (e_lo <= ts < e_hi):
@@ -740,7 +749,7 @@ def advance_batch(p, v, f, a, t0, dt, substeps, plant, prof, work):
             if not flat or j + c == 0:
                 tbuf[0] = ts
                 _road_pass(not by_time, sp if not by_time else tbuf, seg, sn, cs,
-                           gx, gth, nb)
+                           gx, gth, r0, r1)
             # ``car`` must be loop-invariant for the stage loop to vectorise, so
             # a block mixing presets (rare) runs one row at a time.
             for lo, hi, car in spans:
@@ -750,7 +759,7 @@ def advance_batch(p, v, f, a, t0, dt, substeps, plant, prof, work):
                             mass[lo:hi], g[lo:hi], cr[lo:hi], dlin[lo:hi], dquad[lo:hi],
                             tau[lo:hi], gr[lo:hi], tmax[lo:hi], wmax[lo:hi], beta[lo:hi],
                             brake[lo:hi])
-        for i in range(nb):
+        for i in range(r0, r1):
             p[i] += h6 * ap[i]
             v[i] += h6 * av[i]
             f[i] += h6 * af[i]
@@ -950,43 +959,53 @@ _PAR_MIN_ROWS = 256
 @njit(cache=True, error_model="numpy")
 def _env_commands(r0, r1, act, mode, state, k, plant, cbase, use_base, ref, noise, ts):
     """Commands of the stepping rows ``r0 <= i < r1`` (and their observed integrator)."""
-    n = ref.shape[1] - 1
+    n = ref.shape[0] - 1
     v, z, ep, zb, eb, ap = state[1], state[3], state[4], state[5], state[6], state[7]
     for i in range(r0, r1):
         if mode[i] != 0:
             continue
         lo, hi = plant[P_CMD_LO, i], plant[P_CMD_HI, i]
         c, h = 0.5 * (lo + hi), 0.5 * (hi - lo)
+        x = act[i]
+        x = -1.0 if x < -1.0 else (1.0 if x > 1.0 else x)   # the action box (NaN refused before)
         if use_base:
             kk = min(k[i], n)
-            eb[i], u, _, zb[i] = control_step(v[i] + noise[i, kk], ref[i, kk], eb[i],
+            eb[i], u, _, zb[i] = control_step(v[i] + noise[kk, i], ref[kk, i], eb[i],
                                               zb[i], kk == 0, ts, lo, hi, cbase)
-            a = u + h * act[i]
+            a = u + h * x
         else:
-            a = c + h * act[i]
+            a = c + h * x
         ap[i] = min(max(a, lo), hi)
         z[i] += ts * ep[i]
+
+
+@njit(cache=True, error_model="numpy")
+def _env_restart(i, state, k, start, work, reward, terminated, truncated):
+    """Row ``i`` back to its episode start (its parameters already set)."""
+    k[i] = 0
+    state[7, i] = 0.0
+    state[0, i], state[1, i], state[2, i] = 0.0, start[0, i], start[1, i]
+    state[3, i], state[5, i], state[6, i] = 0.0, start[2, i], 0.0
+    preset_grade(work, i, start[3, i])
+    reward[i] = 0.0
+    terminated[i] = truncated[i] = False
 
 
 @njit(cache=True, error_model="numpy")
 def _env_finish(r0, r1, mode, state, k, plant, start, ref, noise, prof, work, weights,
                 scales, obs, reward, terminated, truncated):
     """Restarts, then observations and rewards, of rows ``r0 <= i < r1``."""
-    n = ref.shape[1] - 1
+    n = ref.shape[0] - 1
     ts, bound = prof.ts, scales[5]
-    p, v, f, z, ep, zb, eb, ap = (state[0], state[1], state[2], state[3], state[4],
-                                  state[5], state[6], state[7])
+    # Reciprocals: a multiplication per observation instead of a division.
+    ie, iz, i_d, iy, ir, ierr = (1.0 / scales[0], 1.0 / scales[1], 1.0 / scales[2],
+                                 1.0 / scales[3], 1.0 / scales[4], 1.0 / scales[6])
+    p, v, f, z, ep, ap = state[0], state[1], state[2], state[3], state[4], state[7]
     for i in range(r0, r1):
         if mode[i] == 2:
             continue
         if mode[i] == 1:
-            k[i] = 0
-            ap[i] = 0.0
-            p[i], v[i], f[i] = 0.0, start[0, i], start[1, i]
-            z[i], zb[i], eb[i] = 0.0, start[2, i], 0.0
-            preset_grade(work, i, start[3, i])
-            reward[i] = 0.0
-            terminated[i] = truncated[i] = False
+            _env_restart(i, state, k, start, work, reward, terminated, truncated)
         else:
             k[i] += 1
             bad = not (_bounded(p[i], v[i], f[i], prof.v_limit) and math.isfinite(z[i]))
@@ -994,21 +1013,19 @@ def _env_finish(r0, r1, mode, state, k, plant, start, ref, noise, prof, work, we
             truncated[i] = (not bad) and k[i] >= n
             lo, hi = plant[P_CMD_LO, i], plant[P_CMD_HI, i]
             un = (ap[i] - 0.5 * (lo + hi)) / (0.5 * (hi - lo))
-            et = (ref[i, min(k[i], n)] - v[i]) / scales[6]
-            if bad:
-                reward[i] = -weights[2]
-            else:
-                reward[i] = -(weights[0] * et * et + weights[1] * un * un)
+            et = (ref[min(k[i], n), i] - v[i]) * ierr
+            reward[i] = -weights[2] if bad else -(weights[0] * et * et
+                                                  + weights[1] * un * un)
         kk = min(k[i], n)
-        y = v[i] + noise[i, kk]
-        r = ref[i, kk]
+        y = v[i] + noise[kk, i]
+        r = ref[kk, i]
         e, d = _measure(y, r, ep[i], kk == 0, ts)   # as control_step
         ep[i] = e
-        obs[i, 0] = _clip_obs(e / scales[0], bound)
-        obs[i, 1] = _clip_obs(z[i] / scales[1], bound)
-        obs[i, 2] = _clip_obs(d / scales[2], bound)
-        obs[i, 3] = _clip_obs(y / scales[3], bound)
-        obs[i, 4] = _clip_obs(r / scales[4], bound)
+        obs[i, 0] = _clip_obs(e * ie, bound)
+        obs[i, 1] = _clip_obs(z[i] * iz, bound)
+        obs[i, 2] = _clip_obs(d * i_d, bound)
+        obs[i, 3] = _clip_obs(y * iy, bound)
+        obs[i, 4] = _clip_obs(r * ir, bound)
 
 
 @njit(cache=True, parallel=True)
@@ -1016,8 +1033,8 @@ def step_batch(act, mode, state, k, plant, cbase, use_base, start, ref, noise, p
                work, weights, scales, obs, reward, terminated, truncated, blocks):
     """One control period of many independent open-loop episodes (the env's step).
 
-    ``mode[i]`` says what row ``i`` does: 0 apply ``act[i]`` (in [-1, 1],
-    already clipped) over ``[t_k, t_k+1]``; 1 restart (NEXT_STEP autoreset or
+    ``mode[i]`` says what row ``i`` does: 0 apply ``act[i]`` (not NaN;
+    clipped to [-1, 1] here) over ``[t_k, t_k+1]``; 1 restart (NEXT_STEP autoreset or
     reset()); 2 hold (nothing changes, its outputs are left as they are).
 
     ``state`` (8, nb): position, speed, force, integral z of the measured
@@ -1025,7 +1042,7 @@ def step_batch(act, mode, state, k, plant, cbase, use_base, start, ref, noise, p
     error, applied command. ``k`` (nb,) int64 sample index. ``start`` (4, nb):
     initial speed, initial force, base-controller integrator preload and
     constant grade (rad; NaN: follow ``prof``'s road). ``ref``/``noise``
-    (nb, N + 1) per-row reference and sensor noise; ``prof`` supplies road,
+    (N + 1, nb) per-row reference and sensor noise; ``prof`` supplies road,
     events, Ts, substeps and the speed limit. ``cbase`` a controller vector
     run through :func:`control_step` when ``use_base`` (the action is then a
     residual on its output). ``weights`` = (error, effort, divergence
@@ -1060,15 +1077,10 @@ def step_batch(act, mode, state, k, plant, cbase, use_base, start, ref, noise, p
         for blk in prange(nblk):
             lo = blk * nb // nblk
             hi = (blk + 1) * nb // nblk
-            m = hi - lo
             _env_commands(lo, hi, act, mode, state, k, plant, cbase, use_base, ref,
                           noise, ts)
-            bplant = np.ascontiguousarray(plant[:, lo:hi])
-            bwork = np.empty((work.shape[0], m + 1))
-            bwork[:, :m] = work[:, lo:hi]
-            advance_batch(p[lo:hi], v[lo:hi], f[lo:hi], ap[lo:hi], k_first * ts, ts,
-                          prof.substeps, bplant, prof, bwork)
-            work[:, lo:hi] = bwork[:, :m]
+            advance_rows(lo, hi, p, v, f, ap, k_first * ts, ts, prof.substeps, plant, prof,
+                         work)
             _env_finish(lo, hi, mode, state, k, plant, start, ref, noise, prof, work,
                         weights, scales, obs, reward, terminated, truncated)
         return
