@@ -441,9 +441,15 @@ def control_law(e, z, d, y, r, cp):
     if cp[C_LAW] == LAW_MLP:
         u = mlp_forward(e, z, d, y, r, cp)
         return u, u
-    s = cp[C_KP] * e + cp[C_KI] * z + cp[C_KD] * d + cp[C_FF] * r
-    u = s if s >= 0.0 else cp[C_SLOPE] * s
-    return s, u
+    return _pid(e, z, d, r, cp[C_KP], cp[C_KI], cp[C_KD], cp[C_FF], cp[C_SLOPE])
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _pid(e, z, d, r, kp, ki, kd, ff, slope):
+    """Pre-activation ``s`` and output of the PID family: identity above zero,
+    ``slope * s`` below (ReLU: 0, Leaky ReLU: alpha, linear: 1)."""
+    s = kp * e + ki * z + kd * d + ff * r
+    return s, (s if s >= 0.0 else slope * s)
 
 
 @njit(cache=True, error_model="numpy")
@@ -480,8 +486,14 @@ def _measure(y, r, e_prev, first, ts):
 @njit(cache=True, inline="always", error_model="numpy")
 def _integrate(z, e, s, a, ts, cp):
     """Next integrator state ``z + Ts*(e + g*(phi_inv(a) - s))`` (header of ``cp``)."""
-    if cp[C_INTEGRATE] != 0.0:
-        return z + ts * (e + cp[C_AW_GAIN] * (_phi_inv(a, cp[C_SLOPE]) - s))
+    return _integrator(z, e, s, a, ts, cp[C_INTEGRATE], cp[C_AW_GAIN], cp[C_SLOPE])
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _integrator(z, e, s, a, ts, integrate, aw_gain, slope):
+    """:func:`_integrate` with the header entries as scalars."""
+    if integrate != 0.0:
+        return z + ts * (e + aw_gain * (_phi_inv(a, slope) - s))
     return z
 
 
@@ -780,6 +792,43 @@ def batch_work(nb):
 
 
 @njit(cache=True, error_model="numpy")
+def _pid_rows(noise_k, r, first, ts, v, e, z, a, u, lo, hi, g):
+    """:func:`control_step` of every row at one instant, for PID-family laws.
+
+    One loop over rows with the gains ``g`` (7, nb) = kp, ki, kd,
+    feedforward, slope, integrate flag, anti-windup gain as rows, so it
+    vectorises; the same operations as :func:`control_step`. Updates ``e, z``
+    and fills the outputs ``u`` and commands ``a``.
+    """
+    kp, ki, kd, ff, slope, integ, aw = g[0], g[1], g[2], g[3], g[4], g[5], g[6]
+    for i in range(v.shape[0]):
+        ei, d = _measure(v[i] + noise_k, r, e[i], first, ts)
+        s, ui = _pid(ei, z[i], d, r, kp[i], ki[i], kd[i], ff[i], slope[i])
+        ai = min(max(ui, lo[i]), hi[i])
+        z[i] = _integrator(z[i], ei, s, ai, ts, integ[i], aw[i], slope[i])
+        e[i], u[i], a[i] = ei, ui, ai
+
+
+@njit(cache=True, error_model="numpy")
+def _pid_gains(cp):
+    """The rows' PID-family gains as rows (for :func:`_pid_rows`), or an empty
+    array if any row has another law."""
+    nb = cp.shape[0]
+    g = np.empty((7, nb))
+    for i in range(nb):
+        if cp[i, C_LAW] != LAW_PID:
+            return np.empty((7, 0))
+        g[0, i], g[1, i], g[2, i], g[3, i] = cp[i, C_KP], cp[i, C_KI], cp[i, C_KD], cp[i, C_FF]
+        g[4, i], g[5, i], g[6, i] = cp[i, C_SLOPE], cp[i, C_INTEGRATE], cp[i, C_AW_GAIN]
+    return g
+
+
+# Whether _lockstep may run built-in PID laws as one vector pass (False in
+# user-law specialisations, whose control_step is rebound).
+_VECTOR_LAWS = True
+
+
+@njit(cache=True, error_model="numpy")
 def _lockstep(pp, cp, prof, out, diverged_at, feasible):
     """Closed-loop runs of all rows of ``pp``/``cp`` in lockstep (one thread)."""
     nb = pp.shape[0]
@@ -796,15 +845,24 @@ def _lockstep(pp, cp, prof, out, diverged_at, feasible):
     for i in range(nb):
         z[i], f[i], feasible[i] = initial_state(pp[i], cp[i], prof)
         diverged_at[i] = -1
+    g = _pid_gains(cp) if _VECTOR_LAWS else np.empty((7, 0))
+    vector = g.shape[1] == nb
+    ubuf = np.empty(nb)
     for k in range(n + 1):
+        if vector:
+            _pid_rows(prof.noise[k], prof.ref[k], k == 0, ts, v, e, z, a, ubuf,
+                      plant[P_CMD_LO], plant[P_CMD_HI], g)
         for i in range(nb):
             if diverged_at[i] >= 0:
                 out[i, k, :] = np.nan
                 a[i] = 0.0
                 continue
-            e[i], u, a[i], z[i] = control_step(
-                v[i] + prof.noise[k], prof.ref[k], e[i], z[i], k == 0, ts,
-                plant[P_CMD_LO, i], plant[P_CMD_HI, i], cp[i])
+            if vector:
+                u = ubuf[i]
+            else:
+                e[i], u, a[i], z[i] = control_step(
+                    v[i] + prof.noise[k], prof.ref[k], e[i], z[i], k == 0, ts,
+                    plant[P_CMD_LO, i], plant[P_CMD_HI, i], cp[i])
             if not (math.isfinite(u) and math.isfinite(z[i])):
                 diverged_at[i] = k
                 out[i, k, :] = np.nan
@@ -876,7 +934,7 @@ def specialise(law):
     step = _rebind(control_step, control_law=output)
     init = _rebind(initial_state, controller_preload=preload)
     single = _rebind(rollout, control_step=step, initial_state=init)
-    lock = _rebind(_lockstep, control_step=step, initial_state=init)
+    lock = _rebind(_lockstep, control_step=step, initial_state=init, _VECTOR_LAWS=False)
     batch = _rebind(rollout_batch, _lockstep=lock)
     return single, batch
 
