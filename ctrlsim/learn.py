@@ -10,6 +10,7 @@
 - :func:`evolve`: closed-loop policy search with CMA-ES (the ``cma`` package,
   ``pip install ctrlsim[learn]``) or, without it, a simple evolution strategy.
 - :func:`tune_pi`: the hand-tuned baseline, a sweep over kp, ki and alpha.
+- :func:`mlp_from_pi`: a network that is exactly a given PID-family law.
 - :func:`dead_unit_fraction`: the dead-ReLU measure.
 - :func:`from_sb3`: a stable-baselines3 SAC / TD3 / PPO actor as an
   :class:`~ctrlsim.mlp.MLPController`.
@@ -40,7 +41,7 @@ from .validation import ParameterError, ParameterTypeError
 
 __all__ = ["variants", "episode_costs", "evaluate", "expert_data", "imitate", "evolve",
            "tune_pi", "dead_unit_fraction", "law_inputs", "from_sb3", "init_mlp",
-           "loss_and_grads", "EFFORT_WEIGHT", "DIVERGED_COST", "TrainLog", "train",
+           "mlp_from_pi", "loss_and_grads", "EFFORT_WEIGHT", "DIVERGED_COST", "TrainLog", "train",
            "TrainResult", "dead_relu_experiment"]
 
 EFFORT_WEIGHT = 0.1
@@ -227,6 +228,84 @@ def init_mlp(hidden: Sequence[int], activation: str = "relu", alpha: float = 0.1
                          alpha=alpha if activation == "leaky" else 0.0,
                          input_scale=np.ones(N_INPUTS) if input_scale is None else input_scale,
                          output_scale=output_scale, output_offset=output_offset, kaw=kaw)
+
+
+def mlp_from_pi(pi: Controller, hidden: Sequence[int], activation: str = "leaky",
+                alpha: float = 0.1, input_scale=None, output_scale: float = 1.0,
+                seed: int = 0, spare_scale: float = 1.0) -> MLPController:
+    """An MLP whose law is exactly the PID-family controller ``pi``.
+
+    Two units per hidden layer carry ``act(s/S)`` and ``act(-s/S)`` with
+    ``s = kp*e + ki*z + kd*d + feedforward*r``; for ``relu`` and ``leaky`` with
+    ``alpha < 1`` their difference is ``(1 + alpha) s/S`` and the first alone
+    gives the positive part, so the output layer rebuilds ``phi(s)`` exactly
+    (to rounding). The other units get random input weights (He-normal, scaled
+    by ``spare_scale``) and zero output weights: they change nothing yet, but a
+    perturbation of their output weights changes the law at first order, which
+    is what an evolution strategy started here needs. ``S`` balances the two
+    layers (row norm of the pair = magnitude of its output weights).
+
+    Parameters
+    ----------
+    pi : Controller
+        A resolved built-in controller. Its anti-windup maps to the network's
+        ``kaw = pi.kaw / pi.ki``; the two agree exactly only when ``kaw = 0`` or
+        the command clips on the positive side (the PI's anti-windup works on
+        the pre-activation).
+    hidden : sequence of int
+        Hidden widths, each at least 2.
+    activation : {"relu", "leaky"}
+    alpha : float
+        Leaky slope of the hidden units, below 1.
+    input_scale : array (5,), optional
+        Multiplies ``(e, z, d, y, r)`` (default ones).
+    output_scale : float
+        The network's ``output_scale`` (e.g. the largest command).
+    seed : int
+        Seed of the spare units' weights.
+    spare_scale : float
+        Scale of the spare units' input weights.
+
+    Returns
+    -------
+    MLPController
+        Its ``forward`` equals ``pi``'s output ``phi(s)`` at every input, and
+        its integrator starts at 0 (the PI's is preloaded to the holding command).
+    """
+    if not isinstance(pi, Controller) or not pi.resolved:
+        raise ParameterTypeError("pi", "must be a resolved built-in controller")
+    a = alpha if activation == "leaky" else 0.0
+    if activation not in ("relu", "leaky") or not 0.0 <= a < 1.0:
+        raise ParameterError("activation", "an exact PI needs relu or leaky units "
+                             f"with alpha < 1, got {activation} (alpha {alpha})")
+    if not hidden or min(hidden) < 2:
+        raise ParameterError("hidden", f"need at least 2 units per layer, got {hidden}")
+    scale = np.ones(N_INPUTS) if input_scale is None else np.asarray(input_scale, float)
+    beta = pi.slope
+    # The PI's gains on the scaled inputs.
+    gains = np.array([pi.kp, pi.ki, pi.kd, 0.0, pi.feedforward]) / scale
+    norm = float(np.linalg.norm(gains))
+    if norm == 0.0:
+        raise ParameterError("pi", "has all gains zero")
+    big_s = math.sqrt(norm * abs(output_scale))
+    net = init_mlp(hidden, activation, alpha, input_scale=scale,
+                   output_scale=output_scale, seed=seed)
+    ws = [w.copy() for w in net.weights]
+    bs = [np.zeros_like(b) for b in net.biases]
+    ws[0] *= spare_scale
+    ws[0][:2] = np.outer([1.0, -1.0], gains / big_s)
+    for w in ws[1:-1]:
+        w *= spare_scale
+        w[:2] = 0.0
+        w[:, :2] = 0.0
+        w[:2, :2] = np.array([[1.0, -1.0], [-1.0, 1.0]]) / (1.0 + a)
+    # u/S = (1-beta) relu(s/S) + beta s/S, with s/S = (h+ - h-)/(1+a) and
+    # relu(s/S) = (h+ - a s/S)/(1-a).
+    k = (beta - a) / ((1.0 - a) * (1.0 + a))
+    ws[-1][:] = 0.0
+    ws[-1][0, :2] = np.array([(1.0 - beta) / (1.0 - a) + k, -k]) * big_s / output_scale
+    kaw = pi.kaw / pi.ki if pi.kaw and pi.ki else 0.0
+    return replace(net.with_params(ws, bs), kaw=kaw)
 
 
 def _act_grad(s: np.ndarray, h: np.ndarray, name: str, alpha: float) -> np.ndarray:
