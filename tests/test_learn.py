@@ -268,6 +268,16 @@ def test_network_from_a_pi_rejects_what_it_cannot_represent():
         L.mlp_from_pi(pi, (4, 1), "relu")
 
 
+def test_minibatch_evolution_is_elitist_on_all_scenarios():
+    sc = short()
+    vs = L.variants(sc, 3, seed=4, substeps=1)
+    net = L.mlp_from_pi(sc.resolved_controller(), (4,), output_scale=20.0)
+    best, log = L.evolve(net, vs, budget=30, max_generations=6, popsize=6, batch=1,
+                         check_every=2, sigma0=0.1, seed=3)
+    assert len(log.loss) == 7 and np.all(np.diff(log.loss) <= 0)
+    assert L.evaluate([best], vs).mean() == pytest.approx(log.loss[-1], rel=1e-12)
+
+
 def test_variants_are_deterministic_and_valid():
     sc = ctrlsim.load_scenario("decel")
     a, b = L.variants(sc, 5, seed=3, disturb=True), L.variants(sc, 5, seed=3, disturb=True)
