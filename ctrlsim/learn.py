@@ -10,7 +10,8 @@
 - :func:`evolve`: closed-loop policy search with CMA-ES (the ``cma`` package,
   ``pip install ctrlsim[learn]``) or, without it, a simple evolution strategy.
 - :func:`tune_pi`: the hand-tuned baseline, a sweep over kp, ki and alpha.
-- :func:`mlp_from_pi`: a network that is exactly a given PID-family law.
+- :func:`mlp_from_pi`: a network that is exactly a given PID-family law;
+  :func:`pid_laws` and :func:`refine_pid` pick the law ``train`` starts from.
 - :func:`dead_unit_fraction`: the dead-ReLU measure.
 - :func:`from_sb3`: a stable-baselines3 SAC / TD3 / PPO actor as an
   :class:`~ctrlsim.mlp.MLPController`.
@@ -25,6 +26,7 @@ A diverged run costs :data:`DIVERGED_COST`.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -41,8 +43,8 @@ from .validation import ParameterError, ParameterTypeError
 
 __all__ = ["variants", "episode_costs", "evaluate", "expert_data", "imitate", "evolve",
            "tune_pi", "dead_unit_fraction", "law_inputs", "from_sb3", "init_mlp",
-           "mlp_from_pi", "loss_and_grads", "EFFORT_WEIGHT", "DIVERGED_COST", "TrainLog", "train",
-           "TrainResult", "dead_relu_experiment"]
+           "mlp_from_pi", "pid_laws", "refine_pid", "loss_and_grads", "EFFORT_WEIGHT",
+           "DIVERGED_COST", "TrainLog", "train", "TrainResult", "dead_relu_experiment"]
 
 EFFORT_WEIGHT = 0.1
 DIVERGED_COST = 1000.0
@@ -561,6 +563,89 @@ def tune_pi(scenario: Scenario, scenarios: Sequence[Scenario],
     return grid[i], float(costs[i])
 
 
+PIDLaw = tuple  # (LeakyReLUController, network anti-windup kaw)
+
+
+def pid_laws(expert: Controller, feedforward: float) -> list[PIDLaw]:
+    """PID laws around ``expert`` that a network can be made to equal: ES starts.
+
+    Each is ``(controller, kaw)``: a resolved :class:`LeakyReLUController` and
+    the anti-windup gain of the network's integrator (``dz = e + kaw*(a - u)``).
+    The expert itself (first), and a grid that adds what a network sees but
+    the baseline PI does not use: kp x1 and x4, ki x1 to x256, a derivative
+    lead ``kd/kp`` of 0, 0.03 or 0.1 s, reference feedforward 0 or
+    ``feedforward`` (the holding command per m/s: the network's integrator
+    starts at 0, the PI's is preloaded), braking slope ``expert.alpha`` or 1,
+    and ``kaw`` 0, 1/kp or 3/kp (the clip residual is about kp times the error,
+    so these keep the integrator from winding up during a long brake without
+    freezing it).
+    """
+    base_kaw = expert.kaw / expert.ki if expert.kaw and expert.ki else 0.0
+    laws = [(expert, base_kaw)]
+    if expert.kp <= 0.0:  # the grid is relative to kp
+        return laws
+    for fp, fi, lead, ff, slope, g in itertools.product(
+            (1.0, 4.0), (1.0, 16.0, 64.0, 256.0), (0.0, 0.03, 0.1), (0.0, feedforward),
+            sorted({expert.slope, 1.0}), (0.0, 1.0, 3.0)):
+        kp = expert.kp * fp
+        laws.append((LeakyReLUController(alpha=slope, kp=kp, ki=expert.ki * fi, kd=kp * lead,
+                                          kaw=0.0, feedforward=ff), g / kp))
+    return laws
+
+
+def refine_pid(law: PIDLaw, scenarios: Sequence[Scenario],
+               build: Callable[[PIDLaw], MLPController], feedforward: float,
+               budget: float = 30.0, generations: int = 100, seed: int = 0,
+               progress: Callable[[int, float], None] | None = None):
+    """CMA-ES over the six numbers of a PID law, from ``law``, on ``scenarios``.
+
+    Searches kp and ki (log2 factors), the lead ``kd/kp`` (steps of 0.03 s),
+    the feedforward (steps of ``feedforward``), ``kaw*kp`` and the braking
+    slope, each law scored as the network ``build(law)`` (exactly that law).
+    A handful of parameters: a few dozen generations suffice, where the same
+    search over every weight of the network would need thousands.
+
+    Returns ``(best law, its mean cost, TrainLog)``; the best is ``law``
+    itself unless something cheaper was found.
+    """
+    import cma
+
+    pid, kaw = law
+    start = time.perf_counter()
+    best_law, best = law, float(evaluate([build(law)], scenarios).mean())
+    log = TrainLog([0], [best], [math.nan], [time.perf_counter() - start])
+    if pid.kp <= 0.0:  # the search is relative to kp
+        return best_law, best, log
+
+    def make(p: np.ndarray) -> PIDLaw:
+        kp = pid.kp * 2.0 ** p[0]
+        lead = max(pid.kd / pid.kp + 0.03 * p[2], 0.0)
+        ctl = LeakyReLUController(alpha=float(np.clip(pid.slope + 0.3 * p[5], 0.0, 1.0)),
+                                  kp=kp, ki=pid.ki * 2.0 ** p[1], kd=kp * lead, kaw=0.0,
+                                  feedforward=pid.feedforward + feedforward * p[3])
+        return ctl, max(kaw * pid.kp + p[4], 0.0) / kp
+
+    es = cma.CMAEvolutionStrategy(np.zeros(6), 0.5, {"popsize": 12, "seed": seed + 1,
+                                                     "verbose": -9})
+    for gen in range(1, generations + 1):
+        if time.perf_counter() - start >= budget:
+            break
+        pop = es.ask()
+        laws = [make(p) for p in pop]
+        costs = evaluate([build(w) for w in laws], scenarios).mean(axis=1)
+        es.tell(pop, costs.tolist())
+        i = int(np.argmin(costs))
+        if costs[i] < best:
+            best, best_law = float(costs[i]), laws[i]
+        log.step.append(gen)
+        log.loss.append(best)
+        log.dead.append(math.nan)
+        log.seconds.append(time.perf_counter() - start)
+        if progress is not None:
+            progress(gen, best)
+    return best_law, best, log
+
+
 # --------------------------------------------------------------------------
 # stable-baselines3
 # --------------------------------------------------------------------------
@@ -660,10 +745,11 @@ class TrainResult:
     controller: MLPController
     expert: Controller
     expert_cost: float
-    imitation: TrainLog
+    imitation: TrainLog | None
     es: TrainLog | None
     train_scenarios: list
     seconds: float
+    pid: TrainLog | None = None
 
 
 def _fit_scales(x: np.ndarray) -> np.ndarray:
@@ -671,18 +757,67 @@ def _fit_scales(x: np.ndarray) -> np.ndarray:
     return 1.0 / (x.std(axis=0) + 1e-3)
 
 
-def train(scenario: Scenario, hidden: Sequence[int] = (16, 16), activation: str = "leaky",
+def _holding_per_speed(scenarios: Sequence[Scenario]) -> float:
+    """Mean over ``scenarios`` of the command that holds the initial speed, per m/s."""
+    ratios = []
+    for sc in scenarios:
+        prof = sc.pack()
+        if prof.v0 > 0.0:
+            a0, _ = K.equilibrium_command(prof.v0, sc.plant.pack(), prof)
+            ratios.append(a0 / prof.v0)
+    return float(np.mean(ratios)) if ratios else 0.0
+
+
+def _pid_start(expert: Controller, train_vs: list, hidden: Sequence[int], activation: str,
+               alpha: float, scales: np.ndarray, cmd_max: float, seed: int, budget: float,
+               tick: Callable[[str, float], None]):
+    """The ES start: best network-as-PID-law (:func:`pid_laws`), then :func:`refine_pid`.
+
+    Returns ``(network, refine TrainLog or None)``; no refinement when
+    ``budget`` is 0 (no ``cma``).
+    """
+    def build(law: PIDLaw) -> MLPController:
+        return replace(mlp_from_pi(law[0], hidden, activation, alpha, scales, cmd_max,
+                                   seed=seed), kaw=law[1])
+
+    ff = _holding_per_speed(train_vs)
+    laws = pid_laws(expert, ff)
+    costs = evaluate([build(w) for w in laws], train_vs).mean(axis=1)
+    law = laws[int(np.argmin(costs))]
+    tick("start", float(costs.min()))
+    log = None
+    if budget > 0.0:
+        law, _, log = refine_pid(law, train_vs, build, ff, seed=seed, budget=budget,
+                                 progress=lambda g, c: tick("pid", c))
+    return build(law), log
+
+
+def train(scenario: Scenario, hidden: Sequence[int] = (8,), activation: str = "leaky",
           alpha: float = 0.1, method: str = "es", seed: int = 0, budget: float = 240.0,
           n_train: int = 16, imitation_share: float = 0.25, use_cma: bool | None = None,
+          sigma0: float = 0.05, batch: int | None = None, pid_share: float = 0.15,
           progress: Callable[[str, float, float], None] | None = None) -> TrainResult:
     """Train an MLP controller for ``scenario`` within ``budget`` seconds.
 
     1. ``n_train`` randomised variants (:func:`variants`, RK4 with one substep).
-    2. The expert: the best Leaky ReLU / linear PI on them (:func:`tune_pi`).
-    3. Imitation of the expert along its runs on the variants and on copies
-       with force disturbances (perturbed trajectories), for
+    2. The expert: the best Leaky ReLU / linear PI on them (:func:`tune_pi`),
+       the baseline the result is compared with.
+    3. The start. ``method="es"`` with ``relu`` or ``leaky`` units: networks
+       that exactly equal a PID law (:func:`mlp_from_pi`). The cheapest on the
+       variants of the expert and a grid around it (:func:`pid_laws`: adds the
+       derivative lead, reference feedforward and integrator anti-windup the
+       PI does not use), refined by CMA-ES over the law's six numbers
+       (:func:`refine_pid`, ``pid_share`` of the budget; needs ``cma``). The
+       network equal to the expert costs more than the expert when a run starts
+       at speed (its integrator starts at 0, the PI's at the holding command);
+       the feedforward and faster integrators in the grid make up for that.
+       Otherwise (``tanh`` cannot represent the PI's kink, or
+       ``method="imitation"``): imitation of the expert along its runs on the
+       variants and on copies with force disturbances, for
        ``imitation_share`` of the budget (all of it for ``method="imitation"``).
-    4. ``method="es"``: :func:`evolve` from the imitation result for the rest.
+    4. ``method="es"``: :func:`evolve` from there for the rest of the budget
+       (``sigma0``, ``batch`` as there). It is elitist on the variants, so the
+       result never costs more on them than the start.
 
     ``progress(stage, seconds_so_far, value)`` is called after each epoch or
     generation.
@@ -698,19 +833,29 @@ def train(scenario: Scenario, hidden: Sequence[int] = (16, 16), activation: str 
     perturbed = variants(scenario, n_train, seed=seed + 1, disturb=True, substeps=1)
     x, y = expert_data(expert, train_vs + perturbed)
     cmd_max = _command_max(scenario)
-    net = init_mlp(hidden, activation, alpha, input_scale=_fit_scales(x),
-                   output_scale=cmd_max, seed=seed)
-    share = 1.0 if method == "imitation" else imitation_share
-    left = budget - (time.perf_counter() - start)
-    net, imlog = imitate(net, x, y, epochs=10_000, seed=seed, budget=max(share * left, 1.0),
-                         progress=lambda ep, loss: tick("imitation", loss))
+    imlog = pidlog = None
+    if method == "es" and activation in ("relu", "leaky") and min(hidden) >= 2 \
+            and (activation == "relu" or alpha < 1.0):
+        net, pidlog = _pid_start(
+            expert, train_vs, hidden, activation, alpha, _fit_scales(x), cmd_max, seed,
+            pid_share * (budget - (time.perf_counter() - start)) if _have_cma(use_cma) else 0.0,
+            tick)
+    else:
+        net = init_mlp(hidden, activation, alpha, input_scale=_fit_scales(x),
+                       output_scale=cmd_max, seed=seed)
+        share = 1.0 if method == "imitation" else imitation_share
+        left = budget - (time.perf_counter() - start)
+        net, imlog = imitate(net, x, y, epochs=10_000, seed=seed,
+                             budget=max(share * left, 1.0),
+                             progress=lambda ep, loss: tick("imitation", loss))
     eslog = None
     if method == "es":
         left = budget - (time.perf_counter() - start)
-        net, eslog = evolve(net, train_vs, budget=max(left, 0.0), seed=seed, use_cma=use_cma,
+        net, eslog = evolve(net, train_vs, budget=max(left, 0.0), sigma0=sigma0, seed=seed,
+                            use_cma=use_cma, batch=batch,
                             progress=lambda g, c: tick("es", c))
     return TrainResult(net, expert, expert_cost, imlog, eslog, train_vs,
-                       time.perf_counter() - start)
+                       time.perf_counter() - start, pidlog)
 
 
 def dead_relu_experiment(scenario: Scenario, hidden: Sequence[int] = (16, 16),

@@ -268,6 +268,27 @@ def test_network_from_a_pi_rejects_what_it_cannot_represent():
         L.mlp_from_pi(pi, (4, 1), "relu")
 
 
+def test_pid_law_search_starts_at_the_expert_and_only_improves():
+    sc = short()
+    vs = L.variants(sc, 2, seed=1, substeps=1)
+    expert = sc.resolved_controller()
+    laws = L.pid_laws(expert, feedforward=4.0)
+    assert laws[0] == (expert, 0.0) and len(laws) > 100
+    assert any(law.kd > 0 and law.feedforward == 4.0 and kaw > 0 for law, kaw in laws)
+
+    def build(law):
+        return replace(L.mlp_from_pi(law[0], (4,), output_scale=20.0), kaw=law[1])
+
+    # The network equal to the expert costs more than the expert: its integrator
+    # starts at 0, the PI's at the holding command.
+    start = L.evaluate([build(laws[0])], vs).mean()
+    assert start > L.evaluate([expert], vs).mean()
+    best, cost, log = L.refine_pid(laws[0], vs, build, 4.0, generations=5)
+    assert len(log.loss) == 6 and np.all(np.diff(log.loss) <= 0) and log.loss[-1] == cost
+    assert log.loss[0] == pytest.approx(start, rel=1e-12) and cost < start
+    assert L.evaluate([build(best)], vs).mean() == pytest.approx(cost, rel=1e-12)
+
+
 def test_minibatch_evolution_is_elitist_on_all_scenarios():
     sc = short()
     vs = L.variants(sc, 3, seed=4, substeps=1)
