@@ -323,7 +323,8 @@ def _cmd_train(args) -> int:
     with atomic_write(out, "--out") as fh:
         fh.write(buf.getbuffer())
     _save(learning_curve(res.imitation, res.es, title=plain_text(
-        f"{sc.name}: {args.method} training, {args.activation} {args.hidden}")), curve)
+        f"{sc.name}: {args.method} training, {args.activation} {args.hidden}"),
+        pid=res.pid, baseline=res.expert_cost), curve)
     t0 = time.perf_counter()
     heldout = learn.variants(sc, args.heldout, seed=args.seed + 1_000_003)
     rows = [(f"mlp:{args.out} (trained)", net), (f"{res.expert.spec} (tuned PI)", res.expert)]
@@ -662,9 +663,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="hidden-layer activation (default: leaky)")
     s.add_argument("--alpha", type=float, default=0.1,
                    help="Leaky ReLU slope of the hidden units (default: 0.1)")
-    s.add_argument("--hidden", default="16,16", help="hidden layer widths (default: 16,16)")
+    s.add_argument("--hidden", default="8", help="hidden layer widths (default: 8)")
     s.add_argument("--method", choices=("imitation", "es"), default="es",
-                   help="imitation of the tuned PI only, or imitation then CMA-ES (default)")
+                   help="imitation of the tuned PI only, or (default) CMA-ES from the "
+                   "best network-as-PID-law (tanh: from imitation)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     s.add_argument("--budget", type=float, default=240.0, metavar="SECONDS",
                    help="training time (default: 240)")

@@ -10,6 +10,8 @@
 - :func:`evolve`: closed-loop policy search with CMA-ES (the ``cma`` package,
   ``pip install ctrlsim[learn]``) or, without it, a simple evolution strategy.
 - :func:`tune_pi`: the hand-tuned baseline, a sweep over kp, ki and alpha.
+- :func:`mlp_from_pi`: a network that is exactly a given PID-family law;
+  :func:`pid_laws` and :func:`refine_pid` pick the law ``train`` starts from.
 - :func:`dead_unit_fraction`: the dead-ReLU measure.
 - :func:`from_sb3`: a stable-baselines3 SAC / TD3 / PPO actor as an
   :class:`~ctrlsim.mlp.MLPController`.
@@ -24,6 +26,7 @@ A diverged run costs :data:`DIVERGED_COST`.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -40,8 +43,8 @@ from .validation import ParameterError, ParameterTypeError
 
 __all__ = ["variants", "episode_costs", "evaluate", "expert_data", "imitate", "evolve",
            "tune_pi", "dead_unit_fraction", "law_inputs", "from_sb3", "init_mlp",
-           "loss_and_grads", "EFFORT_WEIGHT", "DIVERGED_COST", "TrainLog", "train",
-           "TrainResult", "dead_relu_experiment"]
+           "mlp_from_pi", "pid_laws", "refine_pid", "loss_and_grads", "EFFORT_WEIGHT",
+           "DIVERGED_COST", "TrainLog", "train", "TrainResult", "dead_relu_experiment"]
 
 EFFORT_WEIGHT = 0.1
 DIVERGED_COST = 1000.0
@@ -229,6 +232,84 @@ def init_mlp(hidden: Sequence[int], activation: str = "relu", alpha: float = 0.1
                          output_scale=output_scale, output_offset=output_offset, kaw=kaw)
 
 
+def mlp_from_pi(pi: Controller, hidden: Sequence[int], activation: str = "leaky",
+                alpha: float = 0.1, input_scale=None, output_scale: float = 1.0,
+                seed: int = 0, spare_scale: float = 1.0) -> MLPController:
+    """An MLP whose law is exactly the PID-family controller ``pi``.
+
+    Two units per hidden layer carry ``act(s/S)`` and ``act(-s/S)`` with
+    ``s = kp*e + ki*z + kd*d + feedforward*r``; for ``relu`` and ``leaky`` with
+    ``alpha < 1`` their difference is ``(1 + alpha) s/S`` and the first alone
+    gives the positive part, so the output layer rebuilds ``phi(s)`` exactly
+    (to rounding). The other units get random input weights (He-normal, scaled
+    by ``spare_scale``) and zero output weights: they change nothing yet, but a
+    perturbation of their output weights changes the law at first order, which
+    is what an evolution strategy started here needs. ``S`` balances the two
+    layers (row norm of the pair = magnitude of its output weights).
+
+    Parameters
+    ----------
+    pi : Controller
+        A resolved built-in controller. Its anti-windup maps to the network's
+        ``kaw = pi.kaw / pi.ki``; the two agree exactly only when ``kaw = 0`` or
+        the command clips on the positive side (the PI's anti-windup works on
+        the pre-activation).
+    hidden : sequence of int
+        Hidden widths, each at least 2.
+    activation : {"relu", "leaky"}
+    alpha : float
+        Leaky slope of the hidden units, below 1.
+    input_scale : array (5,), optional
+        Multiplies ``(e, z, d, y, r)`` (default ones).
+    output_scale : float
+        The network's ``output_scale`` (e.g. the largest command).
+    seed : int
+        Seed of the spare units' weights.
+    spare_scale : float
+        Scale of the spare units' input weights.
+
+    Returns
+    -------
+    MLPController
+        Its ``forward`` equals ``pi``'s output ``phi(s)`` at every input, and
+        its integrator starts at 0 (the PI's is preloaded to the holding command).
+    """
+    if not isinstance(pi, Controller) or not pi.resolved:
+        raise ParameterTypeError("pi", "must be a resolved built-in controller")
+    a = alpha if activation == "leaky" else 0.0
+    if activation not in ("relu", "leaky") or not 0.0 <= a < 1.0:
+        raise ParameterError("activation", "an exact PI needs relu or leaky units "
+                             f"with alpha < 1, got {activation} (alpha {alpha})")
+    if not hidden or min(hidden) < 2:
+        raise ParameterError("hidden", f"need at least 2 units per layer, got {hidden}")
+    scale = np.ones(N_INPUTS) if input_scale is None else np.asarray(input_scale, float)
+    beta = pi.slope
+    # The PI's gains on the scaled inputs.
+    gains = np.array([pi.kp, pi.ki, pi.kd, 0.0, pi.feedforward]) / scale
+    norm = float(np.linalg.norm(gains))
+    if norm == 0.0:
+        raise ParameterError("pi", "has all gains zero")
+    big_s = math.sqrt(norm * abs(output_scale))
+    net = init_mlp(hidden, activation, alpha, input_scale=scale,
+                   output_scale=output_scale, seed=seed)
+    ws = [w.copy() for w in net.weights]
+    bs = [np.zeros_like(b) for b in net.biases]
+    ws[0] *= spare_scale
+    ws[0][:2] = np.outer([1.0, -1.0], gains / big_s)
+    for w in ws[1:-1]:
+        w *= spare_scale
+        w[:2] = 0.0
+        w[:, :2] = 0.0
+        w[:2, :2] = np.array([[1.0, -1.0], [-1.0, 1.0]]) / (1.0 + a)
+    # u/S = (1-beta) relu(s/S) + beta s/S, with s/S = (h+ - h-)/(1+a) and
+    # relu(s/S) = (h+ - a s/S)/(1-a).
+    k = (beta - a) / ((1.0 - a) * (1.0 + a))
+    ws[-1][:] = 0.0
+    ws[-1][0, :2] = np.array([(1.0 - beta) / (1.0 - a) + k, -k]) * big_s / output_scale
+    kaw = pi.kaw / pi.ki if pi.kaw and pi.ki else 0.0
+    return replace(net.with_params(ws, bs), kaw=kaw)
+
+
 def _act_grad(s: np.ndarray, h: np.ndarray, name: str, alpha: float) -> np.ndarray:
     if name == "relu":
         return (s > 0.0).astype(float)
@@ -366,24 +447,41 @@ def _unflat(ctl: MLPController, theta: np.ndarray) -> MLPController:
     return ctl.with_params(arrays[:nw], arrays[nw:])
 
 
+def _have_cma(use_cma: bool | None) -> bool:
+    """``use_cma``, or when None whether the ``cma`` package is installed."""
+    if use_cma is not None:
+        return use_cma
+    try:
+        import cma  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def evolve(ctl: MLPController, scenarios: Sequence[Scenario], budget: float = 60.0,
            sigma0: float = 0.05, popsize: int | None = None, seed: int = 0,
            max_generations: int = 10_000, use_cma: bool | None = None,
+           batch: int | None = None, check_every: int = 10,
            progress: Callable[[int, float], None] | None = None):
     """Minimise the mean closed-loop cost over ``scenarios`` from ``ctl``.
 
     CMA-ES (``cma``) when installed (or ``use_cma=True``), else a (mu, lambda)
     evolution strategy with antithetic sampling. Each generation is one
     ``rollout_batch`` call per scenario with the whole population. Runs until
-    ``budget`` seconds or ``max_generations``. Returns ``(best controller,
-    TrainLog)`` with the best mean cost so far per generation (entry 0: ``ctl``).
+    ``budget`` seconds or ``max_generations``.
+
+    With ``batch``, each generation ranks the population on ``batch`` of the
+    scenarios drawn at random, the same ones for every member (common random
+    numbers: the ranking compares laws, not luck): more, cheaper generations.
+    The search distribution's mean and the generation's winner are then scored
+    on all scenarios every ``check_every`` generations (and at the end), and
+    only that full score decides the returned controller, so it never costs
+    more than ``ctl`` on ``scenarios``.
+
+    Returns ``(best controller, TrainLog)`` with the best mean cost over all
+    scenarios so far per generation (entry 0: ``ctl``).
     """
-    if use_cma is None:
-        try:
-            import cma  # noqa: F401
-            use_cma = True
-        except ImportError:
-            use_cma = False
+    use_cma = _have_cma(use_cma)
     start = time.perf_counter()
     theta0 = _flat(ctl)
     best_theta = theta0
@@ -403,6 +501,8 @@ def evolve(ctl: MLPController, scenarios: Sequence[Scenario], budget: float = 60
         mu = lam // 2
         w = np.log(mu + 0.5) - np.log(np.arange(1, mu + 1))
         w /= w.sum()
+    scenarios = list(scenarios)
+    sub = batch is not None and 0 < batch < len(scenarios)
     gen = 0
     while gen < max_generations and time.perf_counter() - start < budget:
         gen += 1
@@ -411,7 +511,9 @@ def evolve(ctl: MLPController, scenarios: Sequence[Scenario], budget: float = 60
         else:
             half = rng.standard_normal((lam // 2, dim))
             pop = mean + sigma * np.concatenate([half, -half])
-        costs = evaluate([_unflat(ctl, p) for p in pop], scenarios).mean(axis=1)
+        chosen = ([scenarios[j] for j in rng.choice(len(scenarios), batch, replace=False)]
+                  if sub else scenarios)
+        costs = evaluate([_unflat(ctl, p) for p in pop], chosen).mean(axis=1)
         if use_cma:
             es.tell(list(pop), costs.tolist())
         else:
@@ -419,8 +521,16 @@ def evolve(ctl: MLPController, scenarios: Sequence[Scenario], budget: float = 60
             mean = w @ pop[order[:mu]]
             sigma *= 0.99
         i = int(np.argmin(costs))
-        if costs[i] < best:
+        if not sub and costs[i] < best:
             best, best_theta = float(costs[i]), pop[i].copy()
+        last = gen == max_generations or time.perf_counter() - start >= budget
+        if sub and (gen % check_every == 0 or last):
+            centre = np.asarray(es.mean if use_cma else mean, dtype=float)
+            cands = [centre, pop[i]]
+            full = evaluate([_unflat(ctl, p) for p in cands], scenarios).mean(axis=1)
+            j = int(np.argmin(full))
+            if full[j] < best:
+                best, best_theta = float(full[j]), cands[j].copy()
         log.step.append(gen)
         log.loss.append(best)
         log.dead.append(math.nan)
@@ -451,6 +561,89 @@ def tune_pi(scenario: Scenario, scenarios: Sequence[Scenario],
     costs = evaluate(grid, scenarios).mean(axis=1)
     i = int(np.argmin(costs))
     return grid[i], float(costs[i])
+
+
+PIDLaw = tuple  # (LeakyReLUController, network anti-windup kaw)
+
+
+def pid_laws(expert: Controller, feedforward: float) -> list[PIDLaw]:
+    """PID laws around ``expert`` that a network can be made to equal: ES starts.
+
+    Each is ``(controller, kaw)``: a resolved :class:`LeakyReLUController` and
+    the anti-windup gain of the network's integrator (``dz = e + kaw*(a - u)``).
+    The expert itself (first), and a grid that adds what a network sees but
+    the baseline PI does not use: kp x1 and x4, ki x1 to x256, a derivative
+    lead ``kd/kp`` of 0, 0.03 or 0.1 s, reference feedforward 0 or
+    ``feedforward`` (the holding command per m/s: the network's integrator
+    starts at 0, the PI's is preloaded), braking slope ``expert.alpha`` or 1,
+    and ``kaw`` 0, 1/kp or 3/kp (the clip residual is about kp times the error,
+    so these keep the integrator from winding up during a long brake without
+    freezing it).
+    """
+    base_kaw = expert.kaw / expert.ki if expert.kaw and expert.ki else 0.0
+    laws = [(expert, base_kaw)]
+    if expert.kp <= 0.0:  # the grid is relative to kp
+        return laws
+    for fp, fi, lead, ff, slope, g in itertools.product(
+            (1.0, 4.0), (1.0, 16.0, 64.0, 256.0), (0.0, 0.03, 0.1), (0.0, feedforward),
+            sorted({expert.slope, 1.0}), (0.0, 1.0, 3.0)):
+        kp = expert.kp * fp
+        laws.append((LeakyReLUController(alpha=slope, kp=kp, ki=expert.ki * fi, kd=kp * lead,
+                                          kaw=0.0, feedforward=ff), g / kp))
+    return laws
+
+
+def refine_pid(law: PIDLaw, scenarios: Sequence[Scenario],
+               build: Callable[[PIDLaw], MLPController], feedforward: float,
+               budget: float = 30.0, generations: int = 100, seed: int = 0,
+               progress: Callable[[int, float], None] | None = None):
+    """CMA-ES over the six numbers of a PID law, from ``law``, on ``scenarios``.
+
+    Searches kp and ki (log2 factors), the lead ``kd/kp`` (steps of 0.03 s),
+    the feedforward (steps of ``feedforward``), ``kaw*kp`` and the braking
+    slope, each law scored as the network ``build(law)`` (exactly that law).
+    A handful of parameters: a few dozen generations suffice, where the same
+    search over every weight of the network would need thousands.
+
+    Returns ``(best law, its mean cost, TrainLog)``; the best is ``law``
+    itself unless something cheaper was found.
+    """
+    import cma
+
+    pid, kaw = law
+    start = time.perf_counter()
+    best_law, best = law, float(evaluate([build(law)], scenarios).mean())
+    log = TrainLog([0], [best], [math.nan], [time.perf_counter() - start])
+    if pid.kp <= 0.0:  # the search is relative to kp
+        return best_law, best, log
+
+    def make(p: np.ndarray) -> PIDLaw:
+        kp = pid.kp * 2.0 ** p[0]
+        lead = max(pid.kd / pid.kp + 0.03 * p[2], 0.0)
+        ctl = LeakyReLUController(alpha=float(np.clip(pid.slope + 0.3 * p[5], 0.0, 1.0)),
+                                  kp=kp, ki=pid.ki * 2.0 ** p[1], kd=kp * lead, kaw=0.0,
+                                  feedforward=pid.feedforward + feedforward * p[3])
+        return ctl, max(kaw * pid.kp + p[4], 0.0) / kp
+
+    es = cma.CMAEvolutionStrategy(np.zeros(6), 0.5, {"popsize": 12, "seed": seed + 1,
+                                                     "verbose": -9})
+    for gen in range(1, generations + 1):
+        if time.perf_counter() - start >= budget:
+            break
+        pop = es.ask()
+        laws = [make(p) for p in pop]
+        costs = evaluate([build(w) for w in laws], scenarios).mean(axis=1)
+        es.tell(pop, costs.tolist())
+        i = int(np.argmin(costs))
+        if costs[i] < best:
+            best, best_law = float(costs[i]), laws[i]
+        log.step.append(gen)
+        log.loss.append(best)
+        log.dead.append(math.nan)
+        log.seconds.append(time.perf_counter() - start)
+        if progress is not None:
+            progress(gen, best)
+    return best_law, best, log
 
 
 # --------------------------------------------------------------------------
@@ -552,10 +745,11 @@ class TrainResult:
     controller: MLPController
     expert: Controller
     expert_cost: float
-    imitation: TrainLog
+    imitation: TrainLog | None
     es: TrainLog | None
     train_scenarios: list
     seconds: float
+    pid: TrainLog | None = None
 
 
 def _fit_scales(x: np.ndarray) -> np.ndarray:
@@ -563,18 +757,67 @@ def _fit_scales(x: np.ndarray) -> np.ndarray:
     return 1.0 / (x.std(axis=0) + 1e-3)
 
 
-def train(scenario: Scenario, hidden: Sequence[int] = (16, 16), activation: str = "leaky",
+def _holding_per_speed(scenarios: Sequence[Scenario]) -> float:
+    """Mean over ``scenarios`` of the command that holds the initial speed, per m/s."""
+    ratios = []
+    for sc in scenarios:
+        prof = sc.pack()
+        if prof.v0 > 0.0:
+            a0, _ = K.equilibrium_command(prof.v0, sc.plant.pack(), prof)
+            ratios.append(a0 / prof.v0)
+    return float(np.mean(ratios)) if ratios else 0.0
+
+
+def _pid_start(expert: Controller, train_vs: list, hidden: Sequence[int], activation: str,
+               alpha: float, scales: np.ndarray, cmd_max: float, seed: int, budget: float,
+               tick: Callable[[str, float], None]):
+    """The ES start: best network-as-PID-law (:func:`pid_laws`), then :func:`refine_pid`.
+
+    Returns ``(network, refine TrainLog or None)``; no refinement when
+    ``budget`` is 0 (no ``cma``).
+    """
+    def build(law: PIDLaw) -> MLPController:
+        return replace(mlp_from_pi(law[0], hidden, activation, alpha, scales, cmd_max,
+                                   seed=seed), kaw=law[1])
+
+    ff = _holding_per_speed(train_vs)
+    laws = pid_laws(expert, ff)
+    costs = evaluate([build(w) for w in laws], train_vs).mean(axis=1)
+    law = laws[int(np.argmin(costs))]
+    tick("start", float(costs.min()))
+    log = None
+    if budget > 0.0:
+        law, _, log = refine_pid(law, train_vs, build, ff, seed=seed, budget=budget,
+                                 progress=lambda g, c: tick("pid", c))
+    return build(law), log
+
+
+def train(scenario: Scenario, hidden: Sequence[int] = (8,), activation: str = "leaky",
           alpha: float = 0.1, method: str = "es", seed: int = 0, budget: float = 240.0,
           n_train: int = 16, imitation_share: float = 0.25, use_cma: bool | None = None,
+          sigma0: float = 0.05, batch: int | None = None, pid_share: float = 0.15,
           progress: Callable[[str, float, float], None] | None = None) -> TrainResult:
     """Train an MLP controller for ``scenario`` within ``budget`` seconds.
 
     1. ``n_train`` randomised variants (:func:`variants`, RK4 with one substep).
-    2. The expert: the best Leaky ReLU / linear PI on them (:func:`tune_pi`).
-    3. Imitation of the expert along its runs on the variants and on copies
-       with force disturbances (perturbed trajectories), for
+    2. The expert: the best Leaky ReLU / linear PI on them (:func:`tune_pi`),
+       the baseline the result is compared with.
+    3. The start. ``method="es"`` with ``relu`` or ``leaky`` units: networks
+       that exactly equal a PID law (:func:`mlp_from_pi`). The cheapest on the
+       variants of the expert and a grid around it (:func:`pid_laws`: adds the
+       derivative lead, reference feedforward and integrator anti-windup the
+       PI does not use), refined by CMA-ES over the law's six numbers
+       (:func:`refine_pid`, ``pid_share`` of the budget; needs ``cma``). The
+       network equal to the expert costs more than the expert when a run starts
+       at speed (its integrator starts at 0, the PI's at the holding command);
+       the feedforward and faster integrators in the grid make up for that.
+       Otherwise (``tanh`` cannot represent the PI's kink, or
+       ``method="imitation"``): imitation of the expert along its runs on the
+       variants and on copies with force disturbances, for
        ``imitation_share`` of the budget (all of it for ``method="imitation"``).
-    4. ``method="es"``: :func:`evolve` from the imitation result for the rest.
+    4. ``method="es"``: :func:`evolve` from there for the rest of the budget
+       (``sigma0``, ``batch`` as there). It is elitist on the variants, so the
+       result never costs more on them than the start.
 
     ``progress(stage, seconds_so_far, value)`` is called after each epoch or
     generation.
@@ -590,19 +833,29 @@ def train(scenario: Scenario, hidden: Sequence[int] = (16, 16), activation: str 
     perturbed = variants(scenario, n_train, seed=seed + 1, disturb=True, substeps=1)
     x, y = expert_data(expert, train_vs + perturbed)
     cmd_max = _command_max(scenario)
-    net = init_mlp(hidden, activation, alpha, input_scale=_fit_scales(x),
-                   output_scale=cmd_max, seed=seed)
-    share = 1.0 if method == "imitation" else imitation_share
-    left = budget - (time.perf_counter() - start)
-    net, imlog = imitate(net, x, y, epochs=10_000, seed=seed, budget=max(share * left, 1.0),
-                         progress=lambda ep, loss: tick("imitation", loss))
+    imlog = pidlog = None
+    if method == "es" and activation in ("relu", "leaky") and min(hidden) >= 2 \
+            and (activation == "relu" or alpha < 1.0):
+        net, pidlog = _pid_start(
+            expert, train_vs, hidden, activation, alpha, _fit_scales(x), cmd_max, seed,
+            pid_share * (budget - (time.perf_counter() - start)) if _have_cma(use_cma) else 0.0,
+            tick)
+    else:
+        net = init_mlp(hidden, activation, alpha, input_scale=_fit_scales(x),
+                       output_scale=cmd_max, seed=seed)
+        share = 1.0 if method == "imitation" else imitation_share
+        left = budget - (time.perf_counter() - start)
+        net, imlog = imitate(net, x, y, epochs=10_000, seed=seed,
+                             budget=max(share * left, 1.0),
+                             progress=lambda ep, loss: tick("imitation", loss))
     eslog = None
     if method == "es":
         left = budget - (time.perf_counter() - start)
-        net, eslog = evolve(net, train_vs, budget=max(left, 0.0), seed=seed, use_cma=use_cma,
+        net, eslog = evolve(net, train_vs, budget=max(left, 0.0), sigma0=sigma0, seed=seed,
+                            use_cma=use_cma, batch=batch,
                             progress=lambda g, c: tick("es", c))
     return TrainResult(net, expert, expert_cost, imlog, eslog, train_vs,
-                       time.perf_counter() - start)
+                       time.perf_counter() - start, pidlog)
 
 
 def dead_relu_experiment(scenario: Scenario, hidden: Sequence[int] = (16, 16),

@@ -224,24 +224,32 @@ def _colors():
             "#7f7f7f", "#bcbd22", "#17becf"] * 10
 
 
-def learning_curve(imitation, es=None, title: str = "training") -> Figure:
-    """Imitation loss per epoch and, if given, the ES best cost per generation.
+def learning_curve(imitation=None, es=None, title: str = "training", pid=None,
+                   baseline: float | None = None) -> Figure:
+    """One panel per stage given: imitation loss, PID-law search, ES best cost.
 
-    ``imitation`` and ``es`` are :class:`ctrlsim.learn.TrainLog`.
+    ``imitation``, ``pid`` and ``es`` are :class:`ctrlsim.learn.TrainLog` (or
+    None); ``baseline`` (the tuned PI's training cost) is drawn as a dashed
+    line on the cost panels.
     """
-    panels = 2 if es is not None else 1
-    fig = Figure(figsize=(9, 3.6 * panels), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(panels, 1))
+    stages = [(log, label) for log, label in (
+        (imitation, "imitation epoch"), (pid, "PID-law CMA-ES generation"),
+        (es, "ES generation")) if log is not None]
+    fig = Figure(figsize=(9, 3.6 * max(len(stages), 1)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(max(len(stages), 1), 1))
     fig.suptitle(plain_text(title))
-    axes[0].semilogy(imitation.step, imitation.loss, marker=".")
-    axes[0].set_xlabel("imitation epoch")
-    axes[0].set_ylabel("MSE (command / scale)²")
-    if es is not None:
-        axes[1].plot(es.step, es.loss, marker=".", color="#d62728")
-        axes[1].set_xlabel("ES generation")
-        axes[1].set_ylabel("best mean cost (training variants)")
-    for ax in axes:
+    for ax, (log, label) in zip(axes, stages):
+        ax.set_xlabel(label)
         ax.grid(alpha=0.3)
+        if log is imitation:
+            ax.semilogy(log.step, log.loss, marker=".")
+            ax.set_ylabel("MSE (command / scale)²")
+            continue
+        ax.plot(log.step, log.loss, marker=".", color="#d62728")
+        ax.set_ylabel("best mean cost (training variants)")
+        if baseline is not None:
+            ax.axhline(baseline, color="0.4", ls="--", label="tuned PI")
+            ax.legend()
     return fig
 
 

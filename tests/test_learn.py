@@ -14,9 +14,11 @@ import ctrlsim
 from ctrlsim import kernels as K
 from ctrlsim import learn as L
 from ctrlsim.cli import main
+from ctrlsim.controllers import LeakyReLUController
 from ctrlsim.mlp import MLPController, MLPFileError, load_mlp
 from ctrlsim.scenario import Reference
 from ctrlsim.sweep import pack_controllers
+from ctrlsim.validation import ParameterError
 
 
 def random_net(rng, activation="relu", output_activation="linear", hidden=(7, 6), scale=3.0):
@@ -229,6 +231,72 @@ def test_short_training_lowers_the_cost():
         assert eslog.loss[-1] <= eslog.loss[0] == pytest.approx(before)
         assert L.evaluate([best], vs).mean() == pytest.approx(eslog.loss[-1])
     assert eslog.loss[-1] < before
+
+
+PI_CASES = [(act, hidden, slope) for act in ("relu", "leaky") for hidden in ((3,), (4, 3))
+            for slope in (0.0, 0.3, 1.0)]
+
+
+@pytest.mark.parametrize("act, hidden, slope", PI_CASES)
+def test_network_from_a_pi_is_that_pi_in_the_kernel(act, hidden, slope):
+    pi = LeakyReLUController(alpha=slope, kp=60.0, ki=15.0, kd=2.0, kaw=0.0, feedforward=3.0)
+    net = L.mlp_from_pi(pi, hidden, act, 0.1, input_scale=np.array([2.0, 1.0, 0.1, 0.5, 0.5]),
+                        output_scale=20.0, seed=1)
+    assert np.count_nonzero(net.weights[0]) > 2 * 4   # spare units are wired in, silent
+    x = np.random.default_rng(10).normal(size=(400, 5)) * np.array([0.5, 1.0, 5.0, 1.0, 1.0])
+    s = x @ np.array([60.0, 15.0, 2.0, 0.0, 3.0])
+    want = np.where(s >= 0.0, s, slope * s)
+    cp = net.pack()
+    got = np.array([K.mlp_forward(*row, cp) for row in x])
+    assert np.abs(want).max() > 20.0 and (s < 0).any() and (s > 0).any()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    # Closed loop from rest on the flat: the PI's integrator preload is 0 as the
+    # network's, so the whole runs agree (both saturate and brake here).
+    sc = replace(short(), initial_speed=0.0, reference=Reference(((1.0, 1.0), (4.0, 0.5))))
+    a, b = ctrlsim.simulate(sc, pi), ctrlsim.simulate(sc, net)
+    assert a.applied.max() == 20.0 and (a.command.min() < 0.0 or slope == 0.0)
+    np.testing.assert_allclose(b.command, a.command, rtol=0, atol=1e-12)
+
+
+def test_network_from_a_pi_rejects_what_it_cannot_represent():
+    pi = LeakyReLUController(alpha=0.3, kp=1.0, ki=1.0, kd=0.0, kaw=0.0, feedforward=0.0)
+    with pytest.raises(ParameterError, match="alpha < 1"):
+        L.mlp_from_pi(pi, (4,), "tanh")
+    with pytest.raises(ParameterError, match="alpha < 1"):
+        L.mlp_from_pi(pi, (4,), "leaky", alpha=1.0)
+    with pytest.raises(ParameterError, match="2 units"):
+        L.mlp_from_pi(pi, (4, 1), "relu")
+
+
+def test_pid_law_search_starts_at_the_expert_and_only_improves():
+    sc = short()
+    vs = L.variants(sc, 2, seed=1, substeps=1)
+    expert = sc.resolved_controller()
+    laws = L.pid_laws(expert, feedforward=4.0)
+    assert laws[0] == (expert, 0.0) and len(laws) > 100
+    assert any(law.kd > 0 and law.feedforward == 4.0 and kaw > 0 for law, kaw in laws)
+
+    def build(law):
+        return replace(L.mlp_from_pi(law[0], (4,), output_scale=20.0), kaw=law[1])
+
+    # The network equal to the expert costs more than the expert: its integrator
+    # starts at 0, the PI's at the holding command.
+    start = L.evaluate([build(laws[0])], vs).mean()
+    assert start > L.evaluate([expert], vs).mean()
+    best, cost, log = L.refine_pid(laws[0], vs, build, 4.0, generations=5)
+    assert len(log.loss) == 6 and np.all(np.diff(log.loss) <= 0) and log.loss[-1] == cost
+    assert log.loss[0] == pytest.approx(start, rel=1e-12) and cost < start
+    assert L.evaluate([build(best)], vs).mean() == pytest.approx(cost, rel=1e-12)
+
+
+def test_minibatch_evolution_is_elitist_on_all_scenarios():
+    sc = short()
+    vs = L.variants(sc, 3, seed=4, substeps=1)
+    net = L.mlp_from_pi(sc.resolved_controller(), (4,), output_scale=20.0)
+    best, log = L.evolve(net, vs, budget=30, max_generations=6, popsize=6, batch=1,
+                         check_every=2, sigma0=0.1, seed=3)
+    assert len(log.loss) == 7 and np.all(np.diff(log.loss) <= 0)
+    assert L.evaluate([best], vs).mean() == pytest.approx(log.loss[-1], rel=1e-12)
 
 
 def test_variants_are_deterministic_and_valid():
