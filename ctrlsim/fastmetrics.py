@@ -119,6 +119,8 @@ def _step_metrics(t, y, yf, t0, res):
     for i in range(n):
         yn[i] = (y[i] - y0) / delta
         tt[i] = t[i] - t[0]
+        if not math.isfinite(yn[i]):
+            return  # a step too small to normalise: no step metrics (as metrics.step_info)
     res[_RISE] = _first_crossing(tt, yn, _RISE_HI) - _first_crossing(tt, yn, _RISE_LO)
     settle = _settling_time(tt, yn, _THRESHOLD)
     i_hi = -1

@@ -550,14 +550,27 @@ def tune_pi(scenario: Scenario, scenarios: Sequence[Scenario],
     """Best Leaky ReLU / linear PI on ``scenarios`` by a grid over kp, ki and alpha.
 
     The grid multiplies the scenario's resolved kp and ki by the factors (kd,
-    kaw and feedforward kept). Returns ``(best controller, its mean cost)``.
+    kaw and feedforward kept); a second, finer grid around the best point
+    (kp and ki x 0.6-1.8, alpha +-0.2) refines it. Returns ``(best
+    controller, its mean cost)``.
     """
     base = scenario.resolved_controller()
     if not isinstance(base, Controller):
         base = scenario.resolved_controller(LeakyReLUController())
-    grid = [LeakyReLUController(alpha=a, kp=base.kp * fp, ki=base.ki * fi, kd=base.kd,
-                                kaw=base.kaw, feedforward=base.feedforward)
-            for fp in kp_factors for fi in ki_factors for a in alphas]
+    best, cost = _best_pi(base, scenarios, [base.kp * f for f in kp_factors],
+                          [base.ki * f for f in ki_factors], alphas)
+    fine = (0.6, 0.75, 0.9, 1.0, 1.15, 1.3, 1.5, 1.8)
+    near = sorted({min(max(best.alpha + d, 0.0), 1.0)
+                   for d in (-0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2)})
+    return _best_pi(base, scenarios, [best.kp * f for f in fine],
+                    [best.ki * f for f in fine], near)
+
+
+def _best_pi(base: Controller, scenarios: Sequence[Scenario], kps, kis, alphas):
+    """The cheapest PI of the grid ``kps x kis x alphas`` and its mean cost."""
+    grid = [LeakyReLUController(alpha=a, kp=kp, ki=ki, kd=base.kd, kaw=base.kaw,
+                                feedforward=base.feedforward)
+            for kp in kps for ki in kis for a in alphas]
     costs = evaluate(grid, scenarios).mean(axis=1)
     i = int(np.argmin(costs))
     return grid[i], float(costs[i])

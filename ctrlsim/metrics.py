@@ -123,7 +123,10 @@ def step_info(t, y, initial: float | None = None, final: float | None = None,
     delta = yf - y0
     if not (np.all(np.isfinite(y)) and math.isfinite(delta)) or delta == 0:
         return out
-    yn = (y - y0) / delta
+    with np.errstate(over="ignore", invalid="ignore"):
+        yn = (y - y0) / delta
+    if not np.all(np.isfinite(yn)):
+        return out  # a step too small to normalise (e.g. subnormal): no step metrics
     tt = t - t[0]
     t_lo, t_hi = _first_crossing(tt, yn, lo), _first_crossing(tt, yn, hi)
     out["rise_time"] = t_hi - t_lo

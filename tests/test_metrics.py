@@ -143,6 +143,13 @@ def test_step_info_never_raises_on_finite_data(values):
         assert info["overshoot"] >= 0
 
 
+def test_step_too_small_to_normalise_gives_no_step_metrics():
+    # Found by hypothesis: a step from a subnormal start overflows (y - y0)/delta.
+    info = ctrlsim.step_info(np.arange(3.0), np.array([2.2e-309, 1.0, 0.0]))
+    assert all(math.isnan(info[k]) for k in ("rise_time", "overshoot", "peak"))
+    assert info["steady_state_value"] == 0.0
+
+
 def test_tracking_metrics_on_constant_error():
     t = np.linspace(0, 10, 101)
     m = tracking_metrics(t, np.full_like(t, -2.0), np.full_like(t, 3.0),
