@@ -203,7 +203,7 @@ def _cmd_sweep(args) -> int:
                                    _joined(items, ","), ["]}"]))
     else:
         _out(f"{_line(sc.name)}: sweep of {', '.join(res.names)} ({total} runs)")
-        _out_lines(_table_lines(lambda: _sweep_cells(res), headers=list(res.names)))
+        _out_lines(_sweep_table_lines(res, list(res.names)))
     _wrote(targets, args.json)
     return 0
 
@@ -462,32 +462,49 @@ def _fmt_row(lead: list[str], m: dict, diverged: bool, at: float | None = None) 
     return lead + cells + [status]
 
 
-def _sweep_cells(res, chunk: int = 4096):
-    """The sweep table's rows as tuples of cells, formatted a column at a time
-    from the result arrays (the same cells as :func:`_fmt_row`; a 100 000-row
-    table in well under a second, without holding it in memory)."""
+def _metric_column(key: str, values: np.ndarray, overshoot: np.ndarray) -> list[str]:
+    """:func:`_fmt_metric` of a column; the common case (all finite, < 1e4) in one pass."""
+    if np.all(np.abs(values) < 1e4):  # False for NaN
+        return [f"{x:.3g}" for x in values.tolist()]
+    return [_fmt_metric(key, x, o) for x, o in zip(values.tolist(), overshoot.tolist())]
+
+
+def _sweep_columns(res, chunk: int = 4096):
+    """The sweep table's cells, a chunk of rows at a time, as lists of columns
+    formatted from the result arrays (the same cells as :func:`_fmt_row`)."""
     n = res.diverged.size
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
         cols = [[f"{x:g}" for x in res.values[name][lo:hi].tolist()] for name in res.names]
-        over = res.metrics["overshoot"][lo:hi].tolist()
-        for key, _, _ in _COLUMNS:
-            cols.append([_fmt_metric(key, x, o)
-                         for x, o in zip(res.metrics[key][lo:hi].tolist(), over)])
+        over = res.metrics["overshoot"][lo:hi]
+        cols += [_metric_column(key, res.metrics[key][lo:hi], over) for key, _, _ in _COLUMNS]
         cols.append(["DIVERGED" if d else "ok" for d in res.diverged[lo:hi].tolist()])
-        yield from zip(*cols)
+        yield cols
+
+
+def _sweep_table_lines(res, headers: list[str]):
+    """:func:`_table_lines` of a sweep, streamed: a pass for the column widths,
+    then one for the lines (a 100 000-row table is not held in memory)."""
+    widths = [0] * (len(headers) + len(_COLUMNS) + 1)
+    for cols in _sweep_columns(res):
+        widths = [max(w, max(map(len, c), default=0)) for w, c in zip(widths, cols)]
+    rows = lambda: (r for cols in _sweep_columns(res) for r in zip(*cols))  # noqa: E731
+    return _table_lines(rows, headers, widths)
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(_table_lines(lambda: iter(rows), headers))
 
 
-def _table_lines(rows, headers: list[str]):
-    """Lines of the table; ``rows()`` gives the rows afresh (two passes: widths, then lines)."""
+def _table_lines(rows, headers: list[str], widths: list[int] | None = None):
+    """Lines of the table; ``rows()`` gives the rows afresh (two passes: widths, then
+    lines; one if the cells' ``widths`` are given)."""
     headers = headers + [h for _, h, _ in _COLUMNS] + ["status"]
-    widths = [len(h) for h in headers]
-    for r in rows():
-        widths = [max(w, len(c)) for w, c in zip(widths, r)]
+    if widths is None:
+        widths = [0] * len(headers)
+        for r in rows():
+            widths = [max(w, len(c)) for w, c in zip(widths, r)]
+    widths = [max(w, len(h)) for w, h in zip(widths, headers)]
     n_lead = len(headers) - len(_COLUMNS) - 1
 
     # One format string per table: lead columns and status left-aligned, metrics right.

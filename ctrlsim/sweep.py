@@ -470,11 +470,13 @@ class _CsvSink:
         idx = np.unravel_index(np.arange(lo, hi), self.plan.shape)
         params = [self.plan.axes[j][idx[j]].astype(float).tolist()
                   for j in range(len(self.plan.names))]
-        flags = ["True" if d >= 0 else "False" for d in div_at.tolist()]
-        lines = [",".join([*(repr(p[i]) for p in params), flags[i],
-                           *map(repr, m)]) for i, m in enumerate(metrics.tolist())]
+        rows = [[*row, d >= 0, *m] for row, d, m in
+                zip(zip(*params), div_at.tolist(), metrics.tolist())]
+        # One repr of the whole block (floats as repr(), flags True/False), laid out
+        # as CSV: none of these tokens contains a space, comma or bracket.
+        text = repr(rows)[2:-2].replace("], [", "\n").replace(" ", "")
         try:
-            self.fh.write("\n".join(lines) + "\n")
+            self.fh.write(text + "\n")
             self.fh.flush()
         except OSError as exc:
             from .files import OutputError
