@@ -716,23 +716,26 @@ def _advance_fused(r0, r1, p, v, f, a, t0, h, substeps, plant, inv_tau, spans, p
     :func:`preset_grade`)."""
     sn, cs = work[6], work[7]
     _road_pass(True, p, work[9:13], sn, cs, prof.grade_x, prof.grade_th, r0, r1)
-    pay, fext = np.empty(4), np.empty(4)
+    # The event inputs at every stage time, exactly as plant_interval takes them.
+    pays, fexts = np.empty((substeps, 4)), np.empty((substeps, 4))
     e_lo, e_hi, payload, f_ext = -_INF, -_INF, 0.0, 0.0
     for j in range(substeps):
-        ta = t0 + j * h
-        # The event inputs at the stage times, exactly as plant_interval takes them.
         for c in range(4):
-            ts = _stage_time(ta, c, h)
+            ts = _stage_time(t0 + j * h, c, h)
             if not (e_lo <= ts < e_hi):
                 e_lo, e_hi, payload, f_ext = event_window(ts, prof.events)
-            pay[c], fext[c] = payload, f_ext
-        for lo, hi, car in spans:
-            _substep_rows(h, p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], inv_tau[lo:hi], pay,
-                          fext, sn[lo:hi], cs[lo:hi], car, plant[P_MASS, lo:hi],
-                          plant[P_G, lo:hi], plant[P_CR, lo:hi], plant[P_DLIN, lo:hi],
-                          plant[P_DQUAD, lo:hi], plant[P_TAU, lo:hi],
-                          plant[P_GEAR_RATIO, lo:hi], plant[P_TMAX, lo:hi],
-                          plant[P_WMAX, lo:hi], plant[P_BETA, lo:hi], plant[P_BRAKE, lo:hi])
+            pays[j, c], fexts[j, c] = payload, f_ext
+    for lo, hi, car in spans:
+        # Each span's row views made once, not at every substep (views cost
+        # reference counting).
+        ps, vs, fs, as_, its = p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], inv_tau[lo:hi]
+        sns, css, ms, gs = sn[lo:hi], cs[lo:hi], plant[P_MASS, lo:hi], plant[P_G, lo:hi]
+        crs, dls, dqs = plant[P_CR, lo:hi], plant[P_DLIN, lo:hi], plant[P_DQUAD, lo:hi]
+        taus, grs, tms = plant[P_TAU, lo:hi], plant[P_GEAR_RATIO, lo:hi], plant[P_TMAX, lo:hi]
+        wms, bes, brs = plant[P_WMAX, lo:hi], plant[P_BETA, lo:hi], plant[P_BRAKE, lo:hi]
+        for j in range(substeps):
+            _substep_rows(h, ps, vs, fs, as_, its, pays[j], fexts[j], sns, css, car, ms, gs,
+                          crs, dls, dqs, taus, grs, tms, wms, bes, brs)
 
 
 @njit(cache=True, error_model="numpy")
