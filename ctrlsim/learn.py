@@ -378,6 +378,13 @@ class TrainLog:
     dead: list
     seconds: list
 
+    def record(self, step: int, loss: float, started: float, dead: float = math.nan) -> None:
+        """Append one entry (``started``: the ``perf_counter`` at the start)."""
+        self.step.append(step)
+        self.loss.append(loss)
+        self.dead.append(dead)
+        self.seconds.append(time.perf_counter() - started)
+
 
 def imitate(ctl: MLPController, x: np.ndarray, target: np.ndarray, epochs: int = 30,
             batch: int = 256, lr: float = 3e-3, seed: int = 0, budget: float = math.inf,
@@ -417,12 +424,10 @@ def imitate(ctl: MLPController, x: np.ndarray, target: np.ndarray, epochs: int =
                 v[i] = b2 * v[i] + (1 - b2) * g * g
                 params[i] -= lr * (m[i] / (1 - b1 ** t)) / (np.sqrt(v[i] / (1 - b2 ** t)) + eps)
         now = cur()
-        log.step.append(epoch)
-        log.loss.append(loss_and_grads(now, x, target)[0])
+        log.record(epoch, loss_and_grads(now, x, target)[0], start,
+                   dead_unit_fraction(now, dead_x))
         if log.loss[-1] <= min(log.loss):
             best = [p.copy() for p in params]
-        log.dead.append(dead_unit_fraction(now, dead_x))
-        log.seconds.append(time.perf_counter() - start)
         if progress is not None:
             progress(epoch, log.loss[-1])
         if log.seconds[-1] > budget:
@@ -531,10 +536,7 @@ def evolve(ctl: MLPController, scenarios: Sequence[Scenario], budget: float = 60
             j = int(np.argmin(full))
             if full[j] < best:
                 best, best_theta = float(full[j]), cands[j].copy()
-        log.step.append(gen)
-        log.loss.append(best)
-        log.dead.append(math.nan)
-        log.seconds.append(time.perf_counter() - start)
+        log.record(gen, best, start)
         if progress is not None:
             progress(gen, best)
     return _unflat(ctl, best_theta), log
@@ -650,10 +652,7 @@ def refine_pid(law: PIDLaw, scenarios: Sequence[Scenario],
         i = int(np.argmin(costs))
         if costs[i] < best:
             best, best_law = float(costs[i]), laws[i]
-        log.step.append(gen)
-        log.loss.append(best)
-        log.dead.append(math.nan)
-        log.seconds.append(time.perf_counter() - start)
+        log.record(gen, best, start)
         if progress is not None:
             progress(gen, best)
     return best_law, best, log
