@@ -16,8 +16,15 @@ Building blocks
 - :func:`rollout_batch`: many closed-loop runs in lockstep on all cores, as
   struct-of-arrays with the vehicle loop innermost so that the RK4 stages
   vectorise; bit-identical to :func:`rollout` row by row.
-- :func:`advance_batch`: the plant part of the lockstep batch alone, for
-  open-loop callers (the vector env) that supply the commands themselves.
+- :func:`advance_batch` / :func:`advance_rows`: the plant part of the
+  lockstep batch alone (for all rows, or a range of them so that threads can
+  share one set of arrays), for open-loop callers (the vector env) that supply
+  the commands themselves.
+
+The hot loops hold what does not change in scalars (``_plant_scalars``, the
+input cache as a tuple) and give PID-family laws their own copy of the loop
+(``_control_step`` with a constant flag, ``_pid_rows`` in the batch): a call
+into the MLP law compiled into a loop slows all of it down.
 
 All of them evaluate the right-hand side through the same inlined scalar
 helpers (``_accel``, ``_actuator``, ``_tanh``), so the equations exist once and
@@ -44,7 +51,7 @@ __all__ = [
     "LAW_MLP", "MLP_LAYOUT", "N_MLP_HEADER", "ACT_RELU", "ACT_LEAKY", "ACT_TANH", "ACT_LINEAR",
     "KIND_ROBOT", "KIND_CAR", "OUT_FIELDS", "Profiles", "control_step",
     "plant_interval", "equilibrium_command", "rollout", "rollout_batch",
-    "advance_batch", "batch_work", "input_cache", "law_inputs", "specialise",
+    "advance_batch", "advance_rows", "batch_work", "input_cache", "law_inputs", "specialise",
 ]
 
 # --------------------------------------------------------------------------
