@@ -112,7 +112,7 @@ class Controller:
 
     def kernels(self) -> tuple[Callable, Callable]:
         """The compiled ``(rollout, rollout_batch)`` this controller runs in."""
-        return K.rollout, K.rollout_batch
+        return K.rollout_pid, K.rollout_batch
 
     @property
     def spec(self) -> str:

@@ -115,6 +115,10 @@ def test_batch_equals_single_bit_for_bit_with_mixed_controllers_and_plants():
         d, f = K.rollout(pp[i], cp[i], prof, single)
         assert (d, f) == (div[i], feas[i])
         assert np.array_equal(single, out[i], equal_nan=True), i
+        # The PID-only copy of the loop gives the very same numbers.
+        fast = np.empty((n1, 5))
+        assert K.rollout_pid(pp[i], cp[i], prof, fast) == (d, f)
+        assert np.array_equal(fast, single, equal_nan=True), i
 
 
 def test_batch_flags_divergence_per_row():
@@ -152,14 +156,14 @@ def test_advance_batch_equals_plant_interval():
 
 def test_kernels_load_from_the_disk_cache_in_a_fresh_process(tmp_path):
     # First process compiles and writes the cache; the second must load every
-    # kernel it runs (simulate and the parallel batch) without compiling.
+    # kernel it runs (simulate of a PID law and the parallel batch) without compiling.
     code = textwrap.dedent("""
         import numpy as np, ctrlsim
         from ctrlsim import kernels as K
         sc = ctrlsim.load_scenario("decel")
         ctrlsim.simulate(sc)
         ctrlsim.sweep(sc, {"alpha": np.linspace(0, 1, 3)})
-        stats = {name: getattr(K, name).stats for name in ("rollout", "rollout_batch")}
+        stats = {name: getattr(K, name).stats for name in ("rollout_pid", "rollout_batch")}
         print(sum(len(s.cache_misses) for s in stats.values()),
               sum(sum(s.cache_hits.values()) for s in stats.values()))
     """)
