@@ -1001,7 +1001,9 @@ def _rebind(dispatcher, **names):
     name = f"{py.__name__}_user{_n_specialised}"
     code = py.__code__.replace(co_name=name, co_qualname=name)
     func = types.FunctionType(code, scope, name, py.__defaults__, py.__closure__)
-    options = {k: v for k, v in dispatcher.targetoptions.items() if k != "cache"}
+    # njit sets nopython itself (and warns if it is passed again).
+    options = {k: v for k, v in dispatcher.targetoptions.items()
+               if k not in ("cache", "nopython")}
     return njit(**options)(func)
 
 
