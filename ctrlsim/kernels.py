@@ -304,9 +304,10 @@ def event_window(t, events):
 # --------------------------------------------------------------------------
 # Plant over one control period (one vehicle)
 # --------------------------------------------------------------------------
-# Layout of the input cache: road piece (lo, hi, theta_lo, slope, sin, cos of
-# theta_lo), then event window (lo, hi, payload, force).
-_N_CACHE, _CACHE_ROAD_HI, _CACHE_EVENT_HI = 10, 1, 7
+# The input cache: road piece (lo, hi, theta_lo, slope, sin, cos of theta_lo),
+# then event window (lo, hi, payload, force). Empty (hi = -inf) to start with,
+# so the first stage looks both up.
+_EMPTY_CACHE = (0.0, -_INF, 0.0, 0.0, 0.0, 0.0, 0.0, -_INF, 0.0, 0.0)
 # Rows of the batch scratch array (see batch_work).
 _N_WORK = 13
 
@@ -314,9 +315,9 @@ _N_WORK = 13
 @njit(cache=True)
 def input_cache():
     """Fresh cache of the road piece and event window for :func:`plant_interval`."""
-    cache = np.zeros(_N_CACHE)
-    cache[_CACHE_ROAD_HI] = -_INF  # empty: the first stage looks both up
-    cache[_CACHE_EVENT_HI] = -_INF
+    cache = np.empty(len(_EMPTY_CACHE))
+    for i in range(cache.shape[0]):
+        cache[i] = _EMPTY_CACHE[i]
     return cache
 
 
@@ -332,10 +333,6 @@ def _plant_scalars(pp):
             pp[P_G], pp[P_CR], pp[P_DLIN], pp[P_DQUAD], pp[P_GEAR_RATIO], pp[P_TMAX],
             pp[P_WMAX], pp[P_BETA], pp[P_BRAKE])
 
-
-# The input cache as a tuple: road piece (lo, hi, theta_lo, slope, sin, cos of
-# theta_lo), then event window (lo, hi, payload, force); empty to start with.
-_EMPTY_CACHE = (0.0, -_INF, 0.0, 0.0, 0.0, 0.0, 0.0, -_INF, 0.0, 0.0)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
