@@ -338,8 +338,12 @@ def pid_vectors(kp, ki, kd, kaw, feedforward, slope) -> np.ndarray:
     """
     n = np.shape(kp)[0]
     ki = np.asarray(ki, dtype=float)
+    # A subnormal ki overflows kaw/ki to inf: legal input, and the kernel then
+    # flags the run as diverged (the integrator goes non-finite), so no warning.
+    with np.errstate(over="ignore"):
+        aw_gain = np.divide(kaw, ki, out=np.zeros(n), where=ki != 0.0)
     values = dict(law=np.full(n, K.LAW_PID), integrate=(ki != 0.0).astype(float),
-                  aw_gain=np.divide(kaw, ki, out=np.zeros(n), where=ki != 0.0),
+                  aw_gain=aw_gain,
                   aw_slope=slope, kp=kp, ki=ki, kd=kd, feedforward=feedforward)
     return np.column_stack([np.asarray(values[name], dtype=float) for name in K.PID_LAYOUT])
 

@@ -165,6 +165,17 @@ def test_kernel_output_is_finite_unless_flagged(plant, gains, substeps, period, 
         assert all(math.isfinite(metrics[k]) for k in TRACKING_KEYS)
 
 
+def test_subnormal_ki_is_flagged_not_a_warning():
+    # Found by hypothesis: kaw/ki overflowed with a RuntimeWarning when packing.
+    sc = Scenario(reference=Reference([(0.0, 3.0)]), duration=1.0, initial_speed=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ctrlsim.StartWarning)
+        tr = ctrlsim.simulate(sc, ctrlsim.LeakyReLUController(kp=0.0, ki=5e-324, kd=0.0,
+                                                                kaw=1.0, alpha=0.0))
+    cols = np.stack([tr.speed, tr.force, tr.applied])
+    assert tr.diverged or np.all(np.isfinite(cols))
+
+
 @pytest.mark.parametrize("ts", [0.001, 0.01, 0.02, 0.05, 0.1])
 def test_few_step_reference_samples_like_the_general_rule(ts):
     """The bisection path for a few steps gives exactly the general rule's samples:
