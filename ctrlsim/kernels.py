@@ -445,6 +445,12 @@ def control_law(e, z, d, y, r, cp):
     if cp[C_LAW] == LAW_MLP:
         u = mlp_forward(e, z, d, y, r, cp)
         return u, u
+    return _pid_law(e, z, d, r, cp)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _pid_law(e, z, d, r, cp):
+    """:func:`_pid` with the gains of the PID-family vector ``cp``."""
     return _pid(e, z, d, r, cp[C_KP], cp[C_KI], cp[C_KD], cp[C_FF], cp[C_SLOPE])
 
 
@@ -519,7 +525,7 @@ def _control_step(y, r, e_prev, z, first, ts, lo, hi, cp, pid):
     known to be of the PID family, so no MLP branch is compiled in."""
     e, d = _measure(y, r, e_prev, first, ts)
     if pid:
-        s, u = _pid(e, z, d, r, cp[C_KP], cp[C_KI], cp[C_KD], cp[C_FF], cp[C_SLOPE])
+        s, u = _pid_law(e, z, d, r, cp)
     else:
         s, u = control_law(e, z, d, y, r, cp)
     a = min(max(u, lo), hi)
@@ -724,6 +730,21 @@ def _substep_rows(h, p, v, f, a, inv_tau, pay, fext, sn, cs, car, mass, g, cr, d
 
 
 @njit(cache=True, error_model="numpy")
+def _interval_events(t0, h, substeps, events):
+    """Payload and external force at every RK4 stage time of an interval,
+    ``(substeps, 4)`` each, exactly as :func:`plant_interval` takes them."""
+    pays, fexts = np.empty((substeps, 4)), np.empty((substeps, 4))
+    e_lo, e_hi, payload, f_ext = -_INF, -_INF, 0.0, 0.0
+    for j in range(substeps):
+        for c in range(4):
+            ts = _stage_time(t0 + j * h, c, h)
+            if not (e_lo <= ts < e_hi):
+                e_lo, e_hi, payload, f_ext = event_window(ts, events)
+            pays[j, c], fexts[j, c] = payload, f_ext
+    return pays, fexts
+
+
+@njit(cache=True, error_model="numpy")
 def _advance_fused(r0, r1, p, v, f, a, t0, h, substeps, plant, inv_tau, spans, prof,
                    work):
     """:func:`advance_rows` on a flat road by position (each vehicle keeps the
@@ -731,15 +752,7 @@ def _advance_fused(r0, r1, p, v, f, a, t0, h, substeps, plant, inv_tau, spans, p
     :func:`preset_grade`)."""
     sn, cs = work[6], work[7]
     _road_pass(True, p, work[9:13], sn, cs, prof.grade_x, prof.grade_th, r0, r1)
-    # The event inputs at every stage time, exactly as plant_interval takes them.
-    pays, fexts = np.empty((substeps, 4)), np.empty((substeps, 4))
-    e_lo, e_hi, payload, f_ext = -_INF, -_INF, 0.0, 0.0
-    for j in range(substeps):
-        for c in range(4):
-            ts = _stage_time(t0 + j * h, c, h)
-            if not (e_lo <= ts < e_hi):
-                e_lo, e_hi, payload, f_ext = event_window(ts, prof.events)
-            pays[j, c], fexts[j, c] = payload, f_ext
+    pays, fexts = _interval_events(t0, h, substeps, prof.events)
     for lo, hi, car in spans:
         # Each span's row views made once, not at every substep (views cost
         # reference counting).
@@ -790,11 +803,11 @@ def advance_rows(r0, r1, p, v, f, a, t0, dt, substeps, plant, prof, work):
         spans = [(i, i + 1, plant[P_KIND, i] == KIND_CAR) for i in range(r0, r1)]
     h = dt / substeps
     h6 = h / 6.0
-    e_lo, e_hi, payload, f_ext = -_INF, -_INF, 0.0, 0.0
     if flat and not by_time:
         _advance_fused(r0, r1, p, v, f, a, t0, h, substeps, plant, inv_tau, spans, prof,
                        work)
         return
+    pays, fexts = _interval_events(t0, h, substeps, prof.events)
     tbuf = np.empty(1)
     for j in range(substeps):
         ta = t0 + j * h
@@ -802,11 +815,8 @@ def advance_rows(r0, r1, p, v, f, a, t0, dt, substeps, plant, prof, work):
         sv[r0:r1] = v[r0:r1]
         sf[r0:r1] = f[r0:r1]
         for c in range(4):
-            ts = _stage_time(ta, c, h)
-            if not (e_lo <= ts < e_hi):
-                e_lo, e_hi, payload, f_ext = event_window(ts, prof.events)
             if not flat or j + c == 0:
-                tbuf[0] = ts
+                tbuf[0] = _stage_time(ta, c, h)
                 _road_pass(not by_time, sp if not by_time else tbuf, seg, sn, cs,
                            gx, gth, r0, r1)
             # ``car`` must be loop-invariant for the stage loop to vectorise, so
@@ -814,7 +824,7 @@ def advance_rows(r0, r1, p, v, f, a, t0, dt, substeps, plant, prof, work):
             for lo, hi, car in spans:
                 _stage_rows(c, h, p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], sp[lo:hi],
                             sv[lo:hi], sf[lo:hi], ap[lo:hi], av[lo:hi], af[lo:hi],
-                            sn[lo:hi], cs[lo:hi], inv_tau[lo:hi], payload, f_ext, car,
+                            sn[lo:hi], cs[lo:hi], inv_tau[lo:hi], pays[j, c], fexts[j, c], car,
                             mass[lo:hi], g[lo:hi], cr[lo:hi], dlin[lo:hi], dquad[lo:hi],
                             tau[lo:hi], gr[lo:hi], tmax[lo:hi], wmax[lo:hi], beta[lo:hi],
                             brake[lo:hi])
