@@ -189,20 +189,43 @@ def _actuator(a, v, car, gear_ratio, torque_max, omega_max, beta, brake):
 @njit(cache=True, inline="always", error_model="numpy")
 def _resistance(v, m, cos_th, g, cr, dlin, dquad):
     """Rolling resistance plus linear and quadratic drag, N."""
-    return cr * m * g * cos_th * _tanh(v * _INV_V_ROLL) + dlin * v + dquad * v * abs(v)
+    return _resistance_terms(v, cr * m * g * cos_th, dlin, dquad)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _resistance_terms(v, rolling, dlin, dquad):
+    """:func:`_resistance` with the rolling force ``cr m g cos(theta)`` given."""
+    return rolling * _tanh(v * _INV_V_ROLL) + dlin * v + dquad * v * abs(v)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _load_terms(m, sin_th, cos_th, f_ext, g, cr):
+    """The parts of dv/dt that do not depend on the state: the external
+    force less gravity along the road, and the rolling force (N).
+
+    Constant while the mass, grade and events are, so the batch computes them
+    once per control period instead of at every stage.
+    """
+    return f_ext - m * g * sin_th, cr * m * g * cos_th
 
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _accel(v, force, m, inv_m, sin_th, cos_th, f_ext, g, cr, dlin, dquad):
-    """dv/dt: Newton's law along the road.
+    """dv/dt: Newton's law along the road."""
+    pull, rolling = _load_terms(m, sin_th, cos_th, f_ext, g, cr)
+    return _accel_terms(v, force, pull, rolling, inv_m, dlin, dquad)
 
-    Summed so that the terms that do not depend on the speed (force, gravity,
-    external force) are combined while the resistance is computed: the chain
-    from speed to acceleration is one subtraction and one multiplication by
-    ``inv_m = 1/m`` after the resistance.
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _accel_terms(v, force, pull, rolling, inv_m, dlin, dquad):
+    """:func:`_accel` with the terms of :func:`_load_terms` given.
+
+    Summed so that the terms that do not depend on the speed are combined
+    while the resistance is computed: the chain from speed to acceleration is
+    one subtraction and one multiplication by ``inv_m = 1/m`` after the
+    resistance.
     """
-    return ((force + (f_ext - m * g * sin_th))
-            - _resistance(v, m, cos_th, g, cr, dlin, dquad)) * inv_m
+    return ((force + pull) - _resistance_terms(v, rolling, dlin, dquad)) * inv_m
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -217,9 +240,18 @@ def _force_rates(f, f_target, lag, inv_tau):
 def _slopes(sv, sf, a, m, inv_m, sn, cs, f_ext, car, lag, inv_tau, g, cr, dlin, dquad,
             gr, tmax, wmax, beta, brake):
     """(dv/dt, dF/dt) at one RK4 stage: the right-hand side every path evaluates."""
+    pull, rolling = _load_terms(m, sn, cs, f_ext, g, cr)
+    return _slopes_terms(sv, sf, a, pull, rolling, inv_m, car, lag, inv_tau, dlin, dquad,
+                         gr, tmax, wmax, beta, brake)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _slopes_terms(sv, sf, a, pull, rolling, inv_m, car, lag, inv_tau, dlin, dquad,
+                  gr, tmax, wmax, beta, brake):
+    """:func:`_slopes` with the terms of :func:`_load_terms` given."""
     f_target = _actuator(a, sv, car, gr, tmax, wmax, beta, brake)
     force, dfv = _force_rates(sf, f_target, lag, inv_tau)
-    return _accel(sv, force, m, inv_m, sn, cs, f_ext, g, cr, dlin, dquad), dfv
+    return _accel_terms(sv, force, pull, rolling, inv_m, dlin, dquad), dfv
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -309,7 +341,7 @@ def event_window(t, events):
 # so the first stage looks both up.
 _EMPTY_CACHE = (0.0, -_INF, 0.0, 0.0, 0.0, 0.0, 0.0, -_INF, 0.0, 0.0)
 # Rows of the batch scratch array (see batch_work).
-_N_WORK = 13
+_N_WORK = 16
 
 
 @njit(cache=True)
@@ -682,20 +714,30 @@ def _stage_rows(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau, paylo
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _fused_stage(c, h, st, m, f_ext, pv):
+def _fused_stage(c, h, st, pull, rolling, inv_m, pv):
     """Stage ``c`` of one vehicle's RK4 substep, all in registers.
 
-    ``st`` = (stage speed, stage force, and the three weighted sums), ``pv``
-    the vehicle's substep-start state and parameters (scalars only).
+    ``st`` = (stage speed, stage force, and the three weighted sums); ``pull,
+    rolling, inv_m`` the stage's :func:`_load_terms` and 1/m; ``pv`` the
+    vehicle's substep-start state and parameters (scalars only).
     """
     sv, sf, acc_p, acc_v, acc_f = st
-    pi, vi, fi, ai, si, co, car, lag, it, gi, ci, dl, dq, ri, ti, wi, bi, ki = pv
-    kv, kf = _slopes(sv, sf, ai, m, 1.0 / m, si, co, f_ext, car, lag, it, gi, ci, dl, dq,
-                     ri, ti, wi, bi, ki)
+    pi, vi, fi, ai, car, lag, it, dl, dq, ri, ti, wi, bi, ki = pv
+    kv, kf = _slopes_terms(sv, sf, ai, pull, rolling, inv_m, car, lag, it, dl, dq,
+                           ri, ti, wi, bi, ki)
     acc_p, _ = _rk4_combine(c, h, pi, sv, acc_p)
     acc_v, sv = _rk4_combine(c, h, vi, kv, acc_v)
     acc_f, sf = _rk4_combine(c, h, fi, kf, acc_f)
     return sv, sf, acc_p, acc_v, acc_f
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _event_stage(c, h, st, m, f_ext, road, pv):
+    """:func:`_fused_stage` at mass ``m`` and external force ``f_ext``;
+    ``road`` = (sin, cos of the grade, gravity, rolling-resistance coefficient)."""
+    sn, cs, g, cr = road
+    pull, rolling = _load_terms(m, sn, cs, f_ext, g, cr)
+    return _fused_stage(c, h, st, pull, rolling, 1.0 / m, pv)
 
 
 @njit(cache=True, error_model="numpy")
@@ -712,21 +754,71 @@ def _substep_rows(h, p, v, f, a, inv_tau, pay, fext, sn, cs, car, mass, g, cr, d
     h6 = h / 6.0
     for i in range(p.shape[0]):
         pi, vi, fi, ai = p[i], v[i], f[i], a[i]
-        lag, it = tau[i] > 0.0, inv_tau[i]
-        gi, ci, dl, dq = g[i], cr[i], dlin[i], dquad[i]
-        ri, ti, wi, bi, ki = gr[i], tmax[i], wmax[i], beta[i], brake[i]
-        si, co = sn[i], cs[i]
+        pv = (pi, vi, fi, ai, car, tau[i] > 0.0, inv_tau[i], dlin[i], dquad[i], gr[i],
+              tmax[i], wmax[i], beta[i], brake[i])
         # The four stages as four calls with a constant stage number (a loop over
         # c is not unrolled in time, and the loop over vehicles would not vectorise).
+        road = (sn[i], cs[i], g[i], cr[i])
         st = (vi, fi, 0.0, 0.0, 0.0)
-        pv = (pi, vi, fi, ai, si, co, car, lag, it, gi, ci, dl, dq, ri, ti, wi, bi, ki)
-        st = _fused_stage(0, h, st, mass[i] + pay[0], fext[0], pv)
-        st = _fused_stage(1, h, st, mass[i] + pay[1], fext[1], pv)
-        st = _fused_stage(2, h, st, mass[i] + pay[2], fext[2], pv)
-        _, _, acc_p, acc_v, acc_f = _fused_stage(3, h, st, mass[i] + pay[3], fext[3], pv)
+        st = _event_stage(0, h, st, mass[i] + pay[0], fext[0], road, pv)
+        st = _event_stage(1, h, st, mass[i] + pay[1], fext[1], road, pv)
+        st = _event_stage(2, h, st, mass[i] + pay[2], fext[2], road, pv)
+        _, _, acc_p, acc_v, acc_f = _event_stage(3, h, st, mass[i] + pay[3], fext[3], road,
+                                                 pv)
         p[i] = pi + h6 * acc_p
         v[i] = vi + h6 * acc_v
         f[i] = fi + h6 * acc_f
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _held_stage(c, h, p, v, f, a, par, st, car):
+    """RK4 stage ``c`` for every vehicle of :func:`_held_substeps`.
+
+    One short loop per stage rather than one loop over whole substeps: a
+    substep is a chain of four dependent stages that leaves the core waiting
+    on latency, while iterations of a short loop are independent and overlap.
+    ``st`` holds the stage state and weighted sums (five arrays) between
+    stages.
+    """
+    tau, inv_tau, inv_m, pull, rolling, dlin, dquad, gr, tmax, wmax, beta, brake = par
+    sv, sf, ap, av, af = st
+    for i in range(p.shape[0]):
+        pv = (p[i], v[i], f[i], a[i], car, tau[i] > 0.0, inv_tau[i], dlin[i], dquad[i],
+              gr[i], tmax[i], wmax[i], beta[i], brake[i])
+        x = (v[i], f[i], 0.0, 0.0, 0.0) if c == 0 else (sv[i], sf[i], ap[i], av[i], af[i])
+        sv[i], sf[i], ap[i], av[i], af[i] = _fused_stage(c, h, x, pull[i], rolling[i],
+                                                         inv_m[i], pv)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _held_substeps(h, substeps, p, v, f, a, par, st, car):
+    """``substeps`` RK4 substeps of every vehicle over an interval in which the
+    payload, external force and each vehicle's grade are held.
+
+    The load terms and 1/m come precomputed per vehicle in ``par`` (the values
+    the stages would compute: same bits), and ``car`` is a constant at each
+    call site, so the robot's loops carry no engine arithmetic.
+    """
+    h6 = h / 6.0
+    ap, av, af = st[2], st[3], st[4]
+    for _ in range(substeps):
+        _held_stage(0, h, p, v, f, a, par, st, car)
+        _held_stage(1, h, p, v, f, a, par, st, car)
+        _held_stage(2, h, p, v, f, a, par, st, car)
+        _held_stage(3, h, p, v, f, a, par, st, car)
+        for i in range(p.shape[0]):
+            p[i] += h6 * ap[i]
+            v[i] += h6 * av[i]
+            f[i] += h6 * af[i]
+
+
+@njit(cache=True, error_model="numpy")
+def _held_rows(h, substeps, p, v, f, a, par, st, car):
+    """:func:`_held_substeps` with ``car`` made a constant."""
+    if car:
+        _held_substeps(h, substeps, p, v, f, a, par, st, True)
+    else:
+        _held_substeps(h, substeps, p, v, f, a, par, st, False)
 
 
 @njit(cache=True, error_model="numpy")
@@ -753,6 +845,16 @@ def _advance_fused(r0, r1, p, v, f, a, t0, h, substeps, plant, inv_tau, spans, p
     sn, cs = work[6], work[7]
     _road_pass(True, p, work[9:13], sn, cs, prof.grade_x, prof.grade_th, r0, r1)
     pays, fexts = _interval_events(t0, h, substeps, prof.events)
+    # Usually no event starts or ends inside the interval: then each vehicle's
+    # load terms and 1/m are the same at every stage, computed here once.
+    held = np.all(pays == pays[0, 0]) and np.all(fexts == fexts[0, 0])
+    inv_m, pull, rolling = work[13], work[14], work[15]
+    if held:
+        for i in range(r0, r1):
+            m = plant[P_MASS, i] + pays[0, 0]
+            inv_m[i] = 1.0 / m
+            pull[i], rolling[i] = _load_terms(m, sn[i], cs[i], fexts[0, 0], plant[P_G, i],
+                                              plant[P_CR, i])
     for lo, hi, car in spans:
         # Each span's row views made once, not at every substep (views cost
         # reference counting).
@@ -761,6 +863,13 @@ def _advance_fused(r0, r1, p, v, f, a, t0, h, substeps, plant, inv_tau, spans, p
         crs, dls, dqs = plant[P_CR, lo:hi], plant[P_DLIN, lo:hi], plant[P_DQUAD, lo:hi]
         taus, grs, tms = plant[P_TAU, lo:hi], plant[P_GEAR_RATIO, lo:hi], plant[P_TMAX, lo:hi]
         wms, bes, brs = plant[P_WMAX, lo:hi], plant[P_BETA, lo:hi], plant[P_BRAKE, lo:hi]
+        if held:
+            par = (taus, its, inv_m[lo:hi], pull[lo:hi], rolling[lo:hi], dls, dqs, grs, tms,
+                   wms, bes, brs)
+            st = (work[1, lo:hi], work[2, lo:hi], work[3, lo:hi], work[4, lo:hi],
+                  work[5, lo:hi])
+            _held_rows(h, substeps, ps, vs, fs, as_, par, st, car)
+            continue
         for j in range(substeps):
             _substep_rows(h, ps, vs, fs, as_, its, pays[j], fexts[j], sns, css, car, ms, gs,
                           crs, dls, dqs, taus, grs, tms, wms, bes, brs)
@@ -840,7 +949,8 @@ def batch_work(nb):
 
     Rows 0-5 stage state and weighted sums, 6-7 sin and cos of each vehicle's
     grade, 8 1/tau, 9-12 each vehicle's cached road piece (lo, hi, theta_lo,
-    slope); one spare column.
+    slope), 13-15 1/m and the load terms of an interval with held inputs; one
+    spare column.
     """
     work = np.zeros((_N_WORK, nb + 1))
     work[9, :] = _INF   # road-piece cache starts invalid (lo = inf > any x)
