@@ -12,7 +12,8 @@ polynomial in fused multiply-adds, C's ``fma``; exact +-1 beyond |x| = 19.1),
 (kaw/ki)*(phi_inv(a) - s))``, and the road-piece / event-window caches kept across control periods.
 
 Then the lockstep batch at scale: 4096 vehicles, 5 RK4 substeps per 0.05 s
-control period, 20 s, on 2 threads and on 1 (``numba.set_num_threads``).
+control period, 20 s, on 2 threads and on 1 (``numba.set_num_threads``), on
+the hilly road and on a flat one.
 
 Throughput is RK4 substeps per second: rows * N * substeps / seconds; an
 env-step is one control period of one vehicle.
@@ -322,14 +323,16 @@ ALPHAS = np.linspace(0.0, 1.0, 16)
 KPS = np.linspace(40.0, 160.0, 16)   # N/(m/s)
 
 
+HILLS = Road(((5.0, 0.0), (15.0, -3.0), (40.0, -3.0), (50.0, 2.0)))
+
+
 def make_workload(duration: float, ts: float = 0.01, substeps: int = 10,
-                  alphas=ALPHAS, kps=KPS):
+                  alphas=ALPHAS, kps=KPS, road: Road = HILLS):
     """A robot scenario with a grade, a payload event and a set-speed change,
     and one row per (alpha, kp) pair (C order as in :func:`ctrlsim.sweep`)."""
     sc = Scenario(reference=Reference([(0.0, 2.0), (duration / 2, 1.0)]),
                   duration=duration, control_period=ts, substeps=substeps,
-                  initial_speed=1.0, plant=make_plant("robot"),
-                  road=Road(((5.0, 0.0), (15.0, -3.0), (40.0, -3.0), (50.0, 2.0))),
+                  initial_speed=1.0, plant=make_plant("robot"), road=road,
                   events=(Event(at=duration / 4, payload=5.0),))
     base = sc.resolved_controller()
     ctls = [LeakyReLUController(alpha=alpha, kp=kp, ki=base.ki, kd=base.kd, kaw=base.kaw,
@@ -465,6 +468,40 @@ def lockstep_4096(libs, n_threads: int) -> None:
           f"{'met' if scaling >= TARGET_SCALING else 'NOT met'})")
     print(f"- numba {n_threads} threads vs {c_name} single thread: "
           f"{best[c_key] / two:.2f}x")
+    flat_road(alphas, kps, n_threads)
+
+
+def flat_road(alphas, kps, n_threads: int) -> None:
+    """The same 4096 rows on a flat road (the env's default): every control
+    period then has held inputs, the batch's fast path."""
+    sc, pp, cp, prof = make_workload(BIG_DURATION, ts=0.05, substeps=5, alphas=alphas,
+                                     kps=kps, road=Road())
+    rows, n, sub = pp.shape[0], sc.n_steps, sc.substeps
+    res = outputs(prof, rows)
+    run_numba(pp, cp, prof, *res)
+    single = np.empty((prof.ref.size, len(K.OUT_FIELDS)))
+    assert K.rollout(pp[rows // 3], cp[rows // 3], prof, single)[0] == -1
+    assert np.array_equal(single, res[0][rows // 3]), "flat road: rollout_batch != rollout"
+    variants = {
+        f"numba rollout_batch, {n_threads} threads": (n_threads,
+                                                       lambda: run_numba(pp, cp, prof, *res)),
+        "numba rollout_batch, 1 thread": (1, lambda: run_numba(pp, cp, prof, *res)),
+    }
+    times = interleaved(variants, REPEATS)
+    work = rows * n * sub
+    print(f"\n### The same {rows} rows on a flat road (payload event and set-speed change "
+          "kept)\n")
+    print("| variant | best s | all runs s | M RK4 substeps/s | M env-steps/s |")
+    print("|---|---:|---|---:|---:|")
+    for name, ts in times.items():
+        runs = " ".join(f"{t:.3f}" for t in ts)
+        print(f"| {name} | {min(ts):.3f} | {runs} | {work / min(ts) / 1e6:.1f} | "
+              f"{rows * n / min(ts) / 1e6:.2f} |")
+    two, one = (min(ts) for ts in times.values())
+    rate = work / two / 1e6
+    print(f"\n- flat road, M RK4 substeps/s on {n_threads} threads: {rate:.1f} (target >= "
+          f"{TARGET_SUBSTEPS / 1e6:g}: {'met' if rate * 1e6 >= TARGET_SUBSTEPS else 'NOT met'})"
+          f"; 1 -> {n_threads} threads {one / two:.2f}x")
 
 
 def main() -> None:

@@ -710,24 +710,38 @@ def _road_pass(x_of, sp, seg, sn, cs, gx, gth, r0, r1):
             sn[i], cs[i] = math.sin(th), math.cos(th)
 
 
-@njit(cache=True, error_model="numpy")
-def _stage_rows(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau, payload,
-                f_ext, car, mass, g, cr, dlin, dquad, tau, gr, tmax, wmax, beta, brake):
+@njit(cache=True, inline="always", error_model="numpy")
+def _stage_loop(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau, mass, inv_m,
+                f_ext, g, cr, dlin, dquad, tau, gr, tmax, wmax, beta, brake, car):
     """RK4 stage ``c`` for every vehicle: the loop that vectorises.
 
     Reads the stage state ``sp, sv, sf``, accumulates the weighted slopes in
     ``ap, av, af`` and overwrites the stage state with the next stage's. Every
-    argument is its own 1-D array, so LLVM can vectorise across vehicles.
+    argument is its own 1-D array, so LLVM can vectorise across vehicles;
+    ``mass``/``inv_m`` are each vehicle's mass with the payload and its
+    inverse, ``car`` a constant at each call site.
     """
     for i in range(p.shape[0]):
         vi = sv[i]
-        m = mass[i] + payload
-        dvv, dfv = _slopes(vi, sf[i], a[i], m, 1.0 / m, sn[i], cs[i], f_ext, car,
+        dvv, dfv = _slopes(vi, sf[i], a[i], mass[i], inv_m[i], sn[i], cs[i], f_ext, car,
                            tau[i] > 0.0, inv_tau[i], g[i], cr[i], dlin[i], dquad[i],
                            gr[i], tmax[i], wmax[i], beta[i], brake[i])
         ap[i], sp[i] = _rk4_combine(c, h, p[i], vi, ap[i])
         av[i], sv[i] = _rk4_combine(c, h, v[i], dvv, av[i])
         af[i], sf[i] = _rk4_combine(c, h, f[i], dfv, af[i])
+
+
+@njit(cache=True, error_model="numpy")
+def _stage_rows(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau, mass, inv_m,
+                f_ext, g, cr, dlin, dquad, tau, gr, tmax, wmax, beta, brake, car):
+    """:func:`_stage_loop` with ``car`` made a constant (the robot's loop then
+    carries no engine arithmetic)."""
+    if car:
+        _stage_loop(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau, mass, inv_m,
+                    f_ext, g, cr, dlin, dquad, tau, gr, tmax, wmax, beta, brake, True)
+    else:
+        _stage_loop(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau, mass, inv_m,
+                    f_ext, g, cr, dlin, dquad, tau, gr, tmax, wmax, beta, brake, False)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -949,6 +963,10 @@ def advance_rows(r0, r1, p, v, f, a, t0, dt, substeps, plant, prof, work):
         return
     pays, fexts = _interval_events(t0, h, substeps, prof.events)
     tbuf = np.empty(1)
+    # Each vehicle's mass with the payload and its inverse, recomputed only when
+    # the payload changes (the same values a stage would compute).
+    m_pay, inv_m = work[13], work[14]
+    payload = np.nan
     for j in range(substeps):
         ta = t0 + j * h
         sp[r0:r1] = p[r0:r1]
@@ -959,15 +977,20 @@ def advance_rows(r0, r1, p, v, f, a, t0, dt, substeps, plant, prof, work):
                 tbuf[0] = _stage_time(ta, c, h)
                 _road_pass(not by_time, sp if not by_time else tbuf, seg, sn, cs,
                            gx, gth, r0, r1)
+            if pays[j, c] != payload:
+                payload = pays[j, c]
+                for i in range(r0, r1):
+                    m_pay[i] = mass[i] + payload
+                    inv_m[i] = 1.0 / m_pay[i]
             # ``car`` must be loop-invariant for the stage loop to vectorise, so
             # a block mixing presets (rare) runs one row at a time.
             for lo, hi, car in spans:
                 _stage_rows(c, h, p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], sp[lo:hi],
                             sv[lo:hi], sf[lo:hi], ap[lo:hi], av[lo:hi], af[lo:hi],
-                            sn[lo:hi], cs[lo:hi], inv_tau[lo:hi], pays[j, c], fexts[j, c], car,
-                            mass[lo:hi], g[lo:hi], cr[lo:hi], dlin[lo:hi], dquad[lo:hi],
+                            sn[lo:hi], cs[lo:hi], inv_tau[lo:hi], m_pay[lo:hi], inv_m[lo:hi],
+                            fexts[j, c], g[lo:hi], cr[lo:hi], dlin[lo:hi], dquad[lo:hi],
                             tau[lo:hi], gr[lo:hi], tmax[lo:hi], wmax[lo:hi], beta[lo:hi],
-                            brake[lo:hi])
+                            brake[lo:hi], car)
         for i in range(r0, r1):
             p[i] += h6 * ap[i]
             v[i] += h6 * av[i]
