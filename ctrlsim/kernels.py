@@ -827,8 +827,9 @@ def _held_substeps(h, substeps, p, v, f, a, par, st, car):
     payload, external force and each vehicle's grade are held.
 
     The load terms and 1/m come precomputed per vehicle in ``par`` (the values
-    the stages would compute: same bits), and ``car`` is a constant at each
-    call site, so the robot's loops carry no engine arithmetic.
+    the stages would compute: same bits). ``car`` stays a run-time flag here:
+    these loops vectorise with it, and a copy per preset would double the
+    first-use compile time.
     """
     h6 = h / 6.0
     ap, av, af = st[2], st[3], st[4]
@@ -850,8 +851,7 @@ _TILE = 192
 
 @njit(cache=True, error_model="numpy")
 def _held_rows(h, substeps, p, v, f, a, par, st, car):
-    """:func:`_held_substeps`, a tile of rows at a time, with ``car`` made a
-    constant."""
+    """:func:`_held_substeps`, a tile of rows at a time."""
     n = p.shape[0]
     for lo in range(0, n, _TILE):
         hi = min(lo + _TILE, n)
@@ -859,11 +859,7 @@ def _held_rows(h, substeps, p, v, f, a, par, st, car):
               par[5][lo:hi], par[6][lo:hi], par[7][lo:hi], par[8][lo:hi], par[9][lo:hi],
               par[10][lo:hi], par[11][lo:hi])
         ts = (st[0][lo:hi], st[1][lo:hi], st[2][lo:hi], st[3][lo:hi], st[4][lo:hi])
-        if car:
-            _held_substeps(h, substeps, p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], tp, ts, True)
-        else:
-            _held_substeps(h, substeps, p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], tp, ts,
-                           False)
+        _held_substeps(h, substeps, p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], tp, ts, car)
 
 
 @njit(cache=True, error_model="numpy")
