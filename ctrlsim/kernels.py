@@ -745,7 +745,7 @@ def _stage_rows(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau, mass,
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _fused_stage(c, h, st, pull, rolling, inv_m, pv):
+def _vehicle_stage(c, h, st, pull, rolling, inv_m, pv):
     """Stage ``c`` of one vehicle's RK4 substep, all in registers.
 
     ``st`` = (stage speed, stage force, and the three weighted sums); ``pull,
@@ -760,45 +760,6 @@ def _fused_stage(c, h, st, pull, rolling, inv_m, pv):
     acc_v, sv = _rk4_combine(c, h, vi, kv, acc_v)
     acc_f, sf = _rk4_combine(c, h, fi, kf, acc_f)
     return sv, sf, acc_p, acc_v, acc_f
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _event_stage(c, h, st, m, f_ext, road, pv):
-    """:func:`_fused_stage` at mass ``m`` and external force ``f_ext``;
-    ``road`` = (sin, cos of the grade, gravity, rolling-resistance coefficient)."""
-    sn, cs, g, cr = road
-    pull, rolling = _load_terms(m, sn, cs, f_ext, g, cr)
-    return _fused_stage(c, h, st, pull, rolling, 1.0 / m, pv)
-
-
-@njit(cache=True, error_model="numpy")
-def _substep_rows(h, p, v, f, a, inv_tau, pay, fext, sn, cs, car, mass, g, cr, dlin,
-                  dquad, tau, gr, tmax, wmax, beta, brake):
-    """One whole RK4 substep for every vehicle, the four stages in registers.
-
-    For roads on which each vehicle's grade is constant (flat, or per-row
-    grades pinned by :func:`preset_grade`): ``sn[i], cs[i]`` are the sine and
-    cosine of vehicle i's grade, ``pay, fext`` (4,) the payload and external
-    force at the four stage times. A row's state is loaded and stored once
-    per substep. Same operations, in the same order, as :func:`plant_interval`.
-    """
-    h6 = h / 6.0
-    for i in range(p.shape[0]):
-        pi, vi, fi, ai = p[i], v[i], f[i], a[i]
-        pv = (pi, vi, fi, ai, car, tau[i] > 0.0, inv_tau[i], dlin[i], dquad[i], gr[i],
-              tmax[i], wmax[i], beta[i], brake[i])
-        # The four stages as four calls with a constant stage number (a loop over
-        # c is not unrolled in time, and the loop over vehicles would not vectorise).
-        road = (sn[i], cs[i], g[i], cr[i])
-        st = (vi, fi, 0.0, 0.0, 0.0)
-        st = _event_stage(0, h, st, mass[i] + pay[0], fext[0], road, pv)
-        st = _event_stage(1, h, st, mass[i] + pay[1], fext[1], road, pv)
-        st = _event_stage(2, h, st, mass[i] + pay[2], fext[2], road, pv)
-        _, _, acc_p, acc_v, acc_f = _event_stage(3, h, st, mass[i] + pay[3], fext[3], road,
-                                                 pv)
-        p[i] = pi + h6 * acc_p
-        v[i] = vi + h6 * acc_v
-        f[i] = fi + h6 * acc_f
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -817,7 +778,7 @@ def _held_stage(c, h, p, v, f, a, par, st, car):
         pv = (p[i], v[i], f[i], a[i], car, tau[i] > 0.0, inv_tau[i], dlin[i], dquad[i],
               gr[i], tmax[i], wmax[i], beta[i], brake[i])
         x = (v[i], f[i], 0.0, 0.0, 0.0) if c == 0 else (sv[i], sf[i], ap[i], av[i], af[i])
-        sv[i], sf[i], ap[i], av[i], af[i] = _fused_stage(c, h, x, pull[i], rolling[i],
+        sv[i], sf[i], ap[i], av[i], af[i] = _vehicle_stage(c, h, x, pull[i], rolling[i],
                                                          inv_m[i], pv)
 
 
@@ -878,42 +839,37 @@ def _interval_events(t0, h, substeps, events):
 
 
 @njit(cache=True, error_model="numpy")
-def _advance_fused(r0, r1, p, v, f, a, t0, h, substeps, plant, inv_tau, spans, prof,
-                   work):
+def _advance_held(r0, r1, p, v, f, a, h, substeps, plant, inv_tau, spans, prof, work,
+                  pays, fexts):
     """:func:`advance_rows` on a flat road by position (each vehicle keeps the
     constant grade cached in ``work``: the road's, or its own from
-    :func:`preset_grade`)."""
+    :func:`preset_grade`) over an interval in which no event starts or ends.
+
+    Then each vehicle's load terms and 1/m are the same at every stage,
+    computed here once. Returns False, having advanced nothing, if an event
+    switches inside the interval (the stage-by-stage path takes it).
+    """
+    if not (np.all(pays == pays[0, 0]) and np.all(fexts == fexts[0, 0])):
+        return False
     sn, cs = work[6], work[7]
     _road_pass(True, p, work[9:13], sn, cs, prof.grade_x, prof.grade_th, r0, r1)
-    pays, fexts = _interval_events(t0, h, substeps, prof.events)
-    # Usually no event starts or ends inside the interval: then each vehicle's
-    # load terms and 1/m are the same at every stage, computed here once.
-    held = np.all(pays == pays[0, 0]) and np.all(fexts == fexts[0, 0])
     inv_m, pull, rolling = work[13], work[14], work[15]
-    if held:
-        for i in range(r0, r1):
-            m = plant[P_MASS, i] + pays[0, 0]
-            inv_m[i] = 1.0 / m
-            pull[i], rolling[i] = _load_terms(m, sn[i], cs[i], fexts[0, 0], plant[P_G, i],
-                                              plant[P_CR, i])
+    for i in range(r0, r1):
+        m = plant[P_MASS, i] + pays[0, 0]
+        inv_m[i] = 1.0 / m
+        pull[i], rolling[i] = _load_terms(m, sn[i], cs[i], fexts[0, 0], plant[P_G, i],
+                                          plant[P_CR, i])
     for lo, hi, car in spans:
         # Each span's row views made once, not at every substep (views cost
         # reference counting).
-        ps, vs, fs, as_, its = p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], inv_tau[lo:hi]
-        sns, css, ms, gs = sn[lo:hi], cs[lo:hi], plant[P_MASS, lo:hi], plant[P_G, lo:hi]
-        crs, dls, dqs = plant[P_CR, lo:hi], plant[P_DLIN, lo:hi], plant[P_DQUAD, lo:hi]
-        taus, grs, tms = plant[P_TAU, lo:hi], plant[P_GEAR_RATIO, lo:hi], plant[P_TMAX, lo:hi]
-        wms, bes, brs = plant[P_WMAX, lo:hi], plant[P_BETA, lo:hi], plant[P_BRAKE, lo:hi]
-        if held:
-            par = (taus, its, inv_m[lo:hi], pull[lo:hi], rolling[lo:hi], dls, dqs, grs, tms,
-                   wms, bes, brs)
-            st = (work[1, lo:hi], work[2, lo:hi], work[3, lo:hi], work[4, lo:hi],
-                  work[5, lo:hi])
-            _held_rows(h, substeps, ps, vs, fs, as_, par, st, car)
-            continue
-        for j in range(substeps):
-            _substep_rows(h, ps, vs, fs, as_, its, pays[j], fexts[j], sns, css, car, ms, gs,
-                          crs, dls, dqs, taus, grs, tms, wms, bes, brs)
+        par = (plant[P_TAU, lo:hi], inv_tau[lo:hi], inv_m[lo:hi], pull[lo:hi],
+               rolling[lo:hi], plant[P_DLIN, lo:hi], plant[P_DQUAD, lo:hi],
+               plant[P_GEAR_RATIO, lo:hi], plant[P_TMAX, lo:hi], plant[P_WMAX, lo:hi],
+               plant[P_BETA, lo:hi], plant[P_BRAKE, lo:hi])
+        st = (work[1, lo:hi], work[2, lo:hi], work[3, lo:hi], work[4, lo:hi],
+              work[5, lo:hi])
+        _held_rows(h, substeps, p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], par, st, car)
+    return True
 
 
 @njit(cache=True, error_model="numpy")
@@ -953,11 +909,10 @@ def advance_rows(r0, r1, p, v, f, a, t0, dt, substeps, plant, prof, work):
         spans = [(i, i + 1, plant[P_KIND, i] == KIND_CAR) for i in range(r0, r1)]
     h = dt / substeps
     h6 = h / 6.0
-    if flat and not by_time:
-        _advance_fused(r0, r1, p, v, f, a, t0, h, substeps, plant, inv_tau, spans, prof,
-                       work)
-        return
     pays, fexts = _interval_events(t0, h, substeps, prof.events)
+    if flat and not by_time and _advance_held(r0, r1, p, v, f, a, h, substeps, plant,
+                                              inv_tau, spans, prof, work, pays, fexts):
+        return
     tbuf = np.empty(1)
     # Each vehicle's mass with the payload and its inverse, recomputed only when
     # the payload changes (the same values a stage would compute).
