@@ -770,16 +770,23 @@ def _held_stage(c, h, p, v, f, a, par, st, car):
     substep is a chain of four dependent stages that leaves the core waiting
     on latency, while iterations of a short loop are independent and overlap.
     ``st`` holds the stage state and weighted sums (five arrays) between
-    stages.
+    stages; the last stage ends the substep (``p, v, f`` updated in place).
     """
     tau, inv_tau, inv_m, pull, rolling, dlin, dquad, gr, tmax, wmax, beta, brake = par
     sv, sf, ap, av, af = st
+    h6 = h / 6.0
     for i in range(p.shape[0]):
-        pv = (p[i], v[i], f[i], a[i], car, tau[i] > 0.0, inv_tau[i], dlin[i], dquad[i],
+        pi, vi, fi = p[i], v[i], f[i]
+        pv = (pi, vi, fi, a[i], car, tau[i] > 0.0, inv_tau[i], dlin[i], dquad[i],
               gr[i], tmax[i], wmax[i], beta[i], brake[i])
-        x = (v[i], f[i], 0.0, 0.0, 0.0) if c == 0 else (sv[i], sf[i], ap[i], av[i], af[i])
-        sv[i], sf[i], ap[i], av[i], af[i] = _vehicle_stage(c, h, x, pull[i], rolling[i],
-                                                         inv_m[i], pv)
+        x = (vi, fi, 0.0, 0.0, 0.0) if c == 0 else (sv[i], sf[i], ap[i], av[i], af[i])
+        y = _vehicle_stage(c, h, x, pull[i], rolling[i], inv_m[i], pv)
+        if c == 3:
+            p[i] = pi + h6 * y[2]
+            v[i] = vi + h6 * y[3]
+            f[i] = fi + h6 * y[4]
+        else:
+            sv[i], sf[i], ap[i], av[i], af[i] = y
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -792,17 +799,11 @@ def _held_substeps(h, substeps, p, v, f, a, par, st, car):
     these loops vectorise with it, and a copy per preset would double the
     first-use compile time.
     """
-    h6 = h / 6.0
-    ap, av, af = st[2], st[3], st[4]
     for _ in range(substeps):
         _held_stage(0, h, p, v, f, a, par, st, car)
         _held_stage(1, h, p, v, f, a, par, st, car)
         _held_stage(2, h, p, v, f, a, par, st, car)
         _held_stage(3, h, p, v, f, a, par, st, car)
-        for i in range(p.shape[0]):
-            p[i] += h6 * ap[i]
-            v[i] += h6 * av[i]
-            f[i] += h6 * af[i]
 
 
 # Rows per tile of :func:`_held_rows`: the tile's state, parameters and stage
