@@ -226,6 +226,31 @@ def test_batch_equals_single_on_a_time_graded_road_with_events():
         assert np.array_equal(single, out[i]), i
 
 
+@pytest.mark.parametrize("preset", ["robot", "car"])
+def test_batch_equals_single_on_a_flat_road_with_events_inside_periods(preset):
+    # Flat road: periods with held inputs take the batch's held-input loops, the
+    # two periods in which an event switches mid-period go stage by stage.
+    plant = make_plant(preset)
+    v0, v1 = (1.0, 2.0) if preset == "robot" else (20.0, 15.0)   # car: throttle, then brake
+    sc = Scenario(reference=Reference([(0.0, v0), (2.0, v1)]), duration=6.0,
+                  control_period=0.02, substeps=3, initial_speed=v0, plant=plant,
+                  events=(Event(at=2.013, until=5.013, payload=5.0, force=-3.0),))
+    ctls = [ctrlsim.controller(s).resolve(None, preset) for s in ("relu", "leaky:0.2", "linear")]
+    pp = np.array([plant.with_(mass=plant.mass * k, actuator_tau=t).pack()
+                   for k, t in ((0.8, 0.0), (1.0, 0.2), (1.2, 0.05))])
+    prof = sc.pack()
+    cp = pack_controllers(ctls)
+    out = np.empty((3, prof.ref.size, 5))
+    div = np.empty(3, np.int64)
+    feas = np.empty(3, np.bool_)
+    K.rollout_batch(pp, cp, prof, out, div, feas)
+    assert (div < 0).all()
+    for i in range(3):
+        single = np.empty((prof.ref.size, 5))
+        K.rollout(pp[i], cp[i], prof, single)
+        assert np.array_equal(single, out[i]), i
+
+
 def test_pinned_per_row_grades_are_used_on_a_flat_road():
     # The env gives each sub-env its own constant grade (preset_grade); on a flat
     # road the batch's fused path must use them, as plant_interval on that grade.
