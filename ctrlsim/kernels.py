@@ -15,7 +15,12 @@ Building blocks
 - :func:`rollout`: a closed-loop run, a loop over the two.
 - :func:`rollout_batch`: many closed-loop runs in lockstep on all cores, as
   struct-of-arrays with the vehicle loop innermost so that the RK4 stages
-  vectorise; bit-identical to :func:`rollout` row by row.
+  vectorise; bit-identical to :func:`rollout` row by row. A control period
+  whose inputs are held (each vehicle's grade constant, no event switching)
+  takes ``_advance_held``: load terms and 1/m once per period, then one short
+  loop per RK4 stage (one loop over whole substeps waits on the stages'
+  dependency chain); any other period goes stage by stage with the road
+  looked up at every stage.
 - :func:`advance_batch` / :func:`advance_rows`: the plant part of the
   lockstep batch alone (for all rows, or a range of them so that threads can
   share one set of arrays), for open-loop callers (the vector env) that supply
@@ -27,8 +32,8 @@ input cache as a tuple) and give PID-family laws their own copy of the loop
 into the MLP law compiled into a loop slows all of it down.
 
 All of them evaluate the right-hand side through the same inlined scalar
-helpers (``_accel``, ``_actuator``, ``_tanh``), so the equations exist once and
-every path agrees bit for bit.
+helpers (``_load_terms``/``_accel_terms``, ``_actuator``, ``_tanh``), so the
+equations exist once and every path agrees bit for bit.
 
 Array layouts
 -------------

@@ -253,7 +253,7 @@ def test_batch_equals_single_on_a_flat_road_with_events_inside_periods(preset):
 
 def test_pinned_per_row_grades_are_used_on_a_flat_road():
     # The env gives each sub-env its own constant grade (preset_grade); on a flat
-    # road the batch's fused path must use them, as plant_interval on that grade.
+    # road the batch's held-input path must use them, as plant_interval on that grade.
     sc = Scenario(reference=Reference([(0.0, 2.0)]), duration=1.0, initial_speed=2.0)
     prof = sc.pack()
     thetas = np.radians([-3.0, 0.0, 2.5, 5.0])
