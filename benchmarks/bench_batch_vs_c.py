@@ -7,7 +7,8 @@ at run time into a temporary directory and called through ctypes, single
 threaded. Both versions run the same 256 parameter sets of a robot scenario
 and must produce bit-identical outputs before any time is reported. The C
 follows Kernel v2: the branch-free ``_tanh`` (Cody-Waite expm1, Estrin
-polynomial in fused multiply-adds, C's ``fma``; exact +-1 beyond |x| = 19.1),
+polynomial in fused multiply-adds, C's ``fma``; exact +-1 beyond |x| = 19.1), the
+grade's sine and cosine by fdlibm's kernel polynomials (``_sincos``),
 ``v * (1/0.1)``, ``(f_target - f) * inv_tau``, anti-windup ``z += Ts*(e +
 (kaw/ki)*(phi_inv(a) - s))``, and the road-piece / event-window caches kept across control periods.
 
@@ -94,6 +95,25 @@ static inline double k_tanh(double x) {
     return copysign(em / (em + 2.0), x);
 }
 
+/* kernels._sincos: fdlibm's kernel polynomials on |x|, or on pi/2 - |x| with
+   sine and cosine swapped above pi/4 (grades are within +-pi/2). */
+static inline void k_sincos(double x, double *sn, double *cs) {
+    double ax = fabs(x);
+    int swap = ax > 0.7853981633974483;
+    double r = swap ? (1.57079632673412561417e+00 - ax) + 6.07710050650619224932e-11 : ax;
+    double z = r * r;
+    double s = r + (z * r) * (-1.66666666666666324348e-01 + z * (8.33333333332248946124e-03
+               + z * (-1.98412698298579493134e-04 + z * (2.75573137070700676789e-06
+               + z * (-2.50507602534068634195e-08 + z * 1.58969099521155010221e-10)))));
+    double q = z * (4.16666666666666019037e-02 + z * (-1.38888888888741095749e-03
+               + z * (2.48015872894767294178e-05 + z * (-2.75573143513906633035e-07
+               + z * (2.08757232129817482790e-09 + z * -1.13596475577881948265e-11)))));
+    double hz = 0.5 * z, w = 1.0 - hz;
+    double c = w + (((1.0 - w) - hz) + z * q);
+    *sn = copysign(swap ? c : s, x);
+    *cs = swap ? s : c;
+}
+
 /* kernels.road_segment: the linear road piece [lo, hi) containing x. */
 static void road_segment(double x, const Profile *pr, double *lo, double *hi,
                          double *th_lo, double *slope) {
@@ -170,13 +190,13 @@ static void plant_interval(double *p_, double *v_, double *f_, double a, double 
             double sn, cs;
             if (!(c_.r_lo <= x && x < c_.r_hi)) {
                 road_segment(x, pr, &c_.r_lo, &c_.r_hi, &c_.th_lo, &c_.slope);
-                c_.sn0 = sin(c_.th_lo); c_.cs0 = cos(c_.th_lo);
+                k_sincos(c_.th_lo, &c_.sn0, &c_.cs0);
             }
             if (c_.slope == 0.0) {
                 sn = c_.sn0; cs = c_.cs0;
             } else {
                 double th = c_.th_lo + c_.slope * (x - c_.r_lo);
-                sn = sin(th); cs = cos(th);
+                k_sincos(th, &sn, &cs);
             }
             if (!(c_.e_lo <= ts && ts < c_.e_hi))
                 event_window(ts, pr, &c_.e_lo, &c_.e_hi, &c_.payload, &c_.f_ext);
@@ -211,7 +231,9 @@ static double equilibrium_command(double v0, const double *pp, const Profile *pr
     road_segment(0.0, pr, &lo_, &hi_, &th, &slope);
     event_window(0.0, pr, &elo, &ehi, &payload, &f_ext);
     double m = pp[P_MASS] + payload;
-    double f_req = resistance(v0, m, cos(th), pp) + m * pp[P_G] * sin(th) - f_ext;
+    double sn, cs;
+    k_sincos(th, &sn, &cs);
+    double f_req = resistance(v0, m, cs, pp) + m * pp[P_G] * sn - f_ext;
     double unit = f_req >= 0.0 ? 1.0 : -1.0;
     double gain = unit * actuator(unit, v0, pp);
     if (gain > 0.0)

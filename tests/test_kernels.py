@@ -34,6 +34,30 @@ def test_branch_free_tanh_is_within_a_few_ulp_of_libm():
     assert np.isnan(_tanh_many(np.array([np.nan]))[0])
 
 
+@njit
+def _sincos_many(x):
+    sn, cs = np.empty_like(x), np.empty_like(x)
+    for i in range(x.size):
+        sn[i], cs[i] = K._sincos(x[i])
+    return sn, cs
+
+
+def test_branch_free_sincos_is_within_an_ulp_of_libm_on_grades():
+    # Grades are within +-90 degrees; both branches of the reduction (pi/4).
+    half = np.pi / 2
+    x = np.concatenate([np.linspace(-half, half, 400_001), np.geomspace(1e-300, half, 20_001),
+                        -np.geomspace(1e-300, half, 2_001), [0.0, -0.0, np.pi / 4,
+                                                            np.nextafter(np.pi / 4, 2.0)]])
+    sn, cs = _sincos_many(x)
+    ref_s, ref_c = np.sin(x), np.cos(x)
+    ulp_s = np.abs(sn - ref_s) / np.spacing(np.abs(ref_s))
+    assert ulp_s.max() <= 1
+    # cos -> 0 at +-pi/2: compare in ulps of the result, absolutely near zero.
+    ok = np.abs(cs - ref_c) <= np.maximum(np.spacing(np.abs(ref_c)), 1e-17)
+    assert ok.all()
+    assert np.signbit(_sincos_many(np.array([-0.0]))[0][0])
+
+
 def test_layouts_are_one_tuple_of_names_each():
     assert K.PLANT_LAYOUT.index("mass") == K.P_MASS
     assert K.PLANT_LAYOUT.index("brake_force_max") == K.P_BRAKE == K.N_PLANT - 1
