@@ -435,6 +435,19 @@ def interleaved(variants: dict, repeats: int) -> dict[str, list[float]]:
     return times
 
 
+def lockstep_table(times: dict, work: int, steps: int, scale: dict | None = None) -> None:
+    """Markdown table of lockstep timings: ``work`` RK4 substeps and ``steps``
+    env-steps per run; ``scale`` multiplies a variant's times (a C slice timed
+    for a fraction of the rows)."""
+    print("| variant | best s | all runs s | M RK4 substeps/s | M env-steps/s |")
+    print("|---|---:|---|---:|---:|")
+    for name, ts in times.items():
+        ts = [t * (scale or {}).get(name, 1.0) for t in ts]
+        runs = " ".join(f"{t:.3f}" for t in ts)
+        print(f"| {name} | {min(ts):.3f} | {runs} | {work / min(ts) / 1e6:.1f} | "
+              f"{steps / min(ts) / 1e6:.2f} |")
+
+
 def lockstep_4096(libs, n_threads: int) -> None:
     """The issue's measurement: 4096 vehicles, 5 RK4 substeps per 0.05 s period."""
     alphas = np.linspace(0.0, 1.0, 64)
@@ -473,13 +486,7 @@ def lockstep_4096(libs, n_threads: int) -> None:
           f"{work / 1e6:.1f} M substeps = {steps / 1e6:.2f} M env-steps (vehicle control "
           f"periods); best of {REPEATS}, variants interleaved; grade profile, payload "
           "event, set-speed change; outputs written for every period.\n")
-    print("| variant | best s | all runs s | M RK4 substeps/s | M env-steps/s |")
-    print("|---|---:|---|---:|---:|")
-    for name, ts in times.items():
-        scale = rows / c_rows if name == c_key else 1.0
-        runs = " ".join(f"{t * scale:.3f}" for t in ts)
-        print(f"| {name} | {best[name]:.3f} | {runs} | {work / best[name] / 1e6:.1f} | "
-              f"{steps / best[name] / 1e6:.2f} |")
+    lockstep_table(times, work, steps, {c_key: rows / c_rows})
     two, one = best[list(variants)[0]], best[list(variants)[1]]
     rate = work / two / 1e6
     print(f"\n- M RK4 substeps/s on {n_threads} threads: {rate:.1f} (target >= "
@@ -513,12 +520,7 @@ def flat_road(alphas, kps, n_threads: int) -> None:
     work = rows * n * sub
     print(f"\n### The same {rows} rows on a flat road (payload event and set-speed change "
           "kept)\n")
-    print("| variant | best s | all runs s | M RK4 substeps/s | M env-steps/s |")
-    print("|---|---:|---|---:|---:|")
-    for name, ts in times.items():
-        runs = " ".join(f"{t:.3f}" for t in ts)
-        print(f"| {name} | {min(ts):.3f} | {runs} | {work / min(ts) / 1e6:.1f} | "
-              f"{rows * n / min(ts) / 1e6:.2f} |")
+    lockstep_table(times, work, rows * n)
     two, one = (min(ts) for ts in times.values())
     rate = work / two / 1e6
     print(f"\n- flat road, M RK4 substeps/s on {n_threads} threads: {rate:.1f} (target >= "
