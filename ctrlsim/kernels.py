@@ -960,7 +960,7 @@ def advance_rows(r0, r1, p, v, f, a, t0, dt, substeps, plant, prof, work):
     tbuf = np.empty(1)
     # Each vehicle's mass with the payload and its inverse, recomputed only when
     # the payload changes (the same values a stage would compute).
-    m_pay, inv_m = work[13], work[14]
+    inv_m, m_pay = work[13], work[14]
     payload = np.nan
     for j in range(substeps):
         ta = t0 + j * h
@@ -998,8 +998,9 @@ def batch_work(nb):
 
     Rows 0-5 stage state and weighted sums, 6-7 sin and cos of each vehicle's
     grade, 8 1/tau, 9-12 each vehicle's cached road piece (lo, hi, theta_lo,
-    slope), 13-15 1/m and the load terms of an interval with held inputs; one
-    spare column.
+    slope), 13 each vehicle's 1/m (with the payload), 14-15 the held-input
+    path's load terms (the stage-by-stage path keeps the mass with the payload
+    in 14); one spare column.
     """
     work = np.zeros((_N_WORK, nb + 1))
     work[9, :] = _INF   # road-piece cache starts invalid (lo = inf > any x)
