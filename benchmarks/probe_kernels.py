@@ -1,0 +1,109 @@
+"""Per-core probes behind the kernel work (not part of ``run_all.py``).
+
+1. ``kernels.advance_batch`` alone, on one thread, inside one njit loop (no
+   Python between calls): 256 robots x 400 control periods x 5 RK4 substeps,
+   on the hilly road of ``bench_batch_vs_c.py``, on a flat road, and on a flat
+   road without events. Millions of RK4 substeps per second.
+2. The vector env's step at 4096 envs on one thread, split into its parts:
+   ``kernels.step_batch`` with one block, the plant (``advance_batch``) and
+   observations/rewards (``_env_finish``), each in its own njit loop.
+
+Single-thread figures move little on the shared machine; use them to compare
+kernel changes one after the other. Run: ``python benchmarks/probe_kernels.py``
+"""
+
+from __future__ import annotations
+
+import time
+
+import gymnasium as gym
+import numba
+import numpy as np
+from bench_batch_vs_c import make_workload
+from numba import njit
+
+import ctrlsim  # noqa: F401  (registers the env)
+from ctrlsim import kernels as K
+
+ROWS, PERIODS, REPEATS = 256, 400, 7
+
+
+@njit
+def _advance_loop(p, v, f, a, plant, prof, work, periods):
+    for k in range(periods):
+        K.advance_batch(p, v, f, a, k * prof.ts, prof.ts, prof.substeps, plant, prof, work)
+
+
+@njit
+def _step_loop(args, reps, part):
+    (act, mode, state, k, plant, cbase, use_base, start, ref, noise, prof, work, weights,
+     scales, obs, reward, terminated, truncated) = args
+    nb = act.shape[0]
+    for _ in range(reps):
+        for i in range(nb):          # keep every episode away from its end
+            if k[i] >= ref.shape[0] - 2:
+                k[i] = 0
+        if part == 0:
+            K.step_batch(act, mode, state, k, plant, cbase, use_base, start, ref, noise,
+                         prof, work, weights, scales, obs, reward, terminated, truncated, 1)
+        elif part == 1:
+            K.advance_batch(state[0], state[1], state[2], state[7], 0.0, prof.ts,
+                            prof.substeps, plant, prof, work)
+        else:
+            K._env_finish(0, nb, mode, state, k, plant, start, ref, noise, prof, work,
+                          weights, scales, obs, reward, terminated, truncated)
+
+
+def _best(fn) -> float:
+    times = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def advance() -> None:
+    from ctrlsim import Road
+
+    _, pp, _, hilly = make_workload(20.0, ts=0.05, substeps=5)
+    _, _, _, flat = make_workload(20.0, ts=0.05, substeps=5, road=Road())
+    plant = np.ascontiguousarray(np.repeat(pp[:1], ROWS, 0).T)
+    cases = {"hilly road": hilly, "flat road": flat,
+             "flat road, no events": flat._replace(events=np.empty((0, 4)))}
+    print(f"advance_batch, 1 thread, {ROWS} robots x {PERIODS} periods x 5 substeps\n")
+    print("| road | best ms | M RK4 substeps/s |")
+    print("|---|---:|---:|")
+    for name, prof in cases.items():
+        def run(prof=prof):
+            _advance_loop(np.zeros(ROWS), np.full(ROWS, 1.0), np.zeros(ROWS),
+                          np.full(ROWS, 5.0), plant, prof, K.batch_work(ROWS), PERIODS)
+        run()
+        t = _best(run)
+        print(f"| {name} | {t * 1e3:.2f} | {ROWS * PERIODS * 5 / t / 1e6:.1f} |")
+
+
+def env_step(n: int = 4096, reps: int = 200) -> None:
+    venv = gym.make_vec("ctrlsim/CruiseControl-v0", num_envs=n,
+                        vectorization_mode="vector_entry_point")
+    venv.reset(seed=0)
+    c = venv.unwrapped._core
+    act = np.random.default_rng(0).uniform(-1, 1, n)
+    args = (act, np.zeros(n, np.int8), c.state, c.k, c.plant, c.cbase, c.use_base, c.start,
+            c.ref, c.noise, c.prof, c.work, c.weights, c.scales, c.obs, c.reward,
+            c.terminated, c.truncated)
+    print(f"\nvector env step at {n} envs, 1 thread (µs per step)\n")
+    print("| part | µs |")
+    print("|---|---:|")
+    for part, name in enumerate(("step_batch, one block", "plant (advance_batch)",
+                                 "observations and rewards (_env_finish)")):
+        _step_loop(args, 1, part)
+        t = _best(lambda part=part: _step_loop(args, reps, part))
+        print(f"| {name} | {t / reps * 1e6:.0f} |")
+    venv.close()
+
+
+if __name__ == "__main__":
+    numba.set_num_threads(1)
+    advance()
+    env_step()
