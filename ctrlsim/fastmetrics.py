@@ -188,7 +188,7 @@ def _row_metrics(t, out, ref, diverged, i0, i1, t0, res):
     res[_ENERGY] = en + cen
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def block_metrics(t, out, ref, diverged_at, i0, i1, t0, res):
     """Metrics of every row of a rollout block into ``res`` (B, N_METRICS).
 

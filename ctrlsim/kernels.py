@@ -1101,7 +1101,7 @@ def _lockstep(pp, cp, prof, out, diverged_at, feasible):
 _BLOCK_MAX = 256
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def rollout_batch(pp, cp, prof, out, diverged_at, feasible):
     """:func:`rollout` for each row of ``pp`` (B, N_PLANT) and ``cp`` (B, L).
 

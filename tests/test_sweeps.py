@@ -98,6 +98,12 @@ def test_the_table_does_not_depend_on_the_block_size(monkeypatch):
     seen = []
     small = ctrlsim.sweep("decel", grid, progress=lambda d, n: seen.append(d))
     assert seen == [3, 6, 9, 12, 14] and _same(whole, small)
+    # Blocks compute while the previous one is handed on: kept trajectories
+    # must not share (and overwrite) the alternating buffers.
+    kept = ctrlsim.sweep("decel", grid, keep_trajectories=True)
+    assert _same(whole, kept)
+    for i, tr in enumerate(kept.trajectories):
+        assert tr.metrics()["iae"] == pytest.approx(whole.metrics["iae"][i], rel=1e-12)
     assert whole.trajectories is None
 
 
