@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from . import kernels as K
@@ -348,7 +349,10 @@ def _run_local(plan: _Plan, blocks: list[tuple[int, int]], finished,
         out = bufs[k % 2] if bufs is not None else np.empty((hi - lo,) + shape[1:])
         return out, pool.submit(run_block, plan, lo, hi, out)
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctrlsim-sweep") as pool:
+    # numba's thread count is per calling thread: the worker takes the caller's.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctrlsim-sweep",
+                            initializer=numba.set_num_threads,
+                            initargs=(numba.get_num_threads(),)) as pool:
         out, job = submit(pool, 0)
         try:
             for k, (lo, hi) in enumerate(blocks):

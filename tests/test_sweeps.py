@@ -107,6 +107,21 @@ def test_the_table_does_not_depend_on_the_block_size(monkeypatch):
     assert whole.trajectories is None
 
 
+def test_blocks_run_on_the_callers_numba_thread_count(monkeypatch):
+    import numba
+
+    seen = []
+    monkeypatch.setattr(S, "run_block", lambda *a, f=S.run_block, **k:
+                        (seen.append(numba.get_num_threads()), f(*a, **k))[1])
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        ctrlsim.sweep("decel", {"kp": [50.0, 150.0]})
+    finally:
+        numba.set_num_threads(before)
+    assert seen == [1]
+
+
 # --------------------------------------------------------------------------
 # CSV block by block, resume
 # --------------------------------------------------------------------------
