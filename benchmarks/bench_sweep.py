@@ -8,7 +8,7 @@ numba cache, pinned to as many CPUs as it has threads; peak memory is the
 child's maximum resident set (``wait4``).
 A 10,000-point sweep shows that memory does not grow with the points.
 
-Usage: python benchmarks/bench_sweep.py [--points 100000] [--threads 2,1]
+Usage: python benchmarks/bench_sweep.py [--points 100000] [--threads 2,1] [--repeat 2]
 Prints a markdown table.
 """
 
@@ -77,6 +77,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=100_000)
     ap.add_argument("--threads", default="2,1", help="NUMBA_NUM_THREADS values to compare")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per thread count (best kept)")
     args = ap.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     substeps_per_run = 2001 * 5
@@ -84,10 +85,16 @@ def main() -> None:
         folder = Path(tmp)
         (folder / "bench.toml").write_text(SCENARIO)
         run(folder, 250, threads[0])  # warm the numba cache
-        results = [run(folder, args.points, t) for t in threads]
+        # Interleaved, best of ``--repeat`` per thread count: a slow spell of the
+        # shared machine then hits both.
+        runs = [run(folder, args.points, t) for _ in range(args.repeat) for t in threads]
+        results = [min((r for r in runs if r["threads"] == t), key=lambda r: r["wall"])
+                   for t in threads]
         small = run(folder, max(args.points // 10, 250), threads[0])
     print(f"### Sweep through the CLI: {args.points:,} points, 20 s robot scenario, "
           "10 ms, 5 substeps\n")
+    print("All runs, s: " + ", ".join(f"{r['threads']} thr {r['wall']:.1f}" for r in runs)
+          + f" (best of {args.repeat} below)\n")
     print("| points | NUMBA_NUM_THREADS (= CPUs) | wall [s] | runs/s | M substeps/s | "
           "peak RSS [MB] |")
     print("|---:|---:|---:|---:|---:|---:|")

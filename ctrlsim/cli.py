@@ -179,9 +179,11 @@ def _cmd_sweep(args) -> int:
         if not bars:
             bars.append(_progress(total))
         bars[0].update(done - bars[0].n)
+    widths = _SweepWidths(len(params))
     try:
         res = sweep(sc, params, controller=ctl, scheduler=args.scheduler,
-                    csv=targets.get("--csv"), resume=args.resume, progress=progress)
+                    csv=targets.get("--csv"), resume=args.resume, progress=progress,
+                    on_block=widths)
     finally:
         for bar in bars:
             bar.close()
@@ -203,7 +205,7 @@ def _cmd_sweep(args) -> int:
                                    _joined(items, ","), ["]}"]))
     else:
         _out(f"{_line(sc.name)}: sweep of {', '.join(res.names)} ({total} runs)")
-        _out_lines(_sweep_table_lines(res, list(res.names)))
+        _out_lines(_sweep_table_lines(res, list(res.names), widths.widths))
     _wrote(targets, args.json)
     return 0
 
@@ -469,26 +471,43 @@ def _metric_column(key: str, values: np.ndarray, overshoot: np.ndarray) -> list[
     return [_fmt_metric(key, x, o) for x, o in zip(values.tolist(), overshoot.tolist())]
 
 
-def _sweep_columns(res, chunk: int = 4096):
+def _sweep_columns(names, values, metrics, diverged, chunk: int = 4096):
     """The sweep table's cells, a chunk of rows at a time, as lists of columns
     formatted from the result arrays (the same cells as :func:`_fmt_row`)."""
-    n = res.diverged.size
+    n = diverged.size
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
-        cols = [[f"{x:g}" for x in res.values[name][lo:hi].tolist()] for name in res.names]
-        over = res.metrics["overshoot"][lo:hi]
-        cols += [_metric_column(key, res.metrics[key][lo:hi], over) for key, _, _ in _COLUMNS]
-        cols.append(["DIVERGED" if d else "ok" for d in res.diverged[lo:hi].tolist()])
+        cols = [[f"{x:g}" for x in values[name][lo:hi].tolist()] for name in names]
+        over = metrics["overshoot"][lo:hi]
+        cols += [_metric_column(key, metrics[key][lo:hi], over) for key, _, _ in _COLUMNS]
+        cols.append(["DIVERGED" if d else "ok" for d in diverged[lo:hi].tolist()])
         yield cols
 
 
-def _sweep_table_lines(res, headers: list[str]):
-    """:func:`_table_lines` of a sweep, streamed: a pass for the column widths,
-    then one for the lines (a 100 000-row table is not held in memory)."""
-    widths = [0] * (len(headers) + len(_COLUMNS) + 1)
-    for cols in _sweep_columns(res):
-        widths = [max(w, max(map(len, c), default=0)) for w, c in zip(widths, cols)]
-    rows = lambda: (r for cols in _sweep_columns(res) for r in zip(*cols))  # noqa: E731
+class _SweepWidths:
+    """The sweep table's column widths (cells only), fed block by block through
+    ``sweep(on_block=...)`` while the next block computes."""
+
+    def __init__(self, n_params: int) -> None:
+        self.widths = [0] * (n_params + len(_COLUMNS) + 1)
+
+    def __call__(self, lo, hi, values, metrics, diverged) -> None:
+        for cols in _sweep_columns(list(values), values, metrics, diverged):
+            self.widths = [max(w, max(map(len, c), default=0))
+                           for w, c in zip(self.widths, cols)]
+
+
+def _sweep_table_lines(res, headers: list[str], widths: list[int] | None = None):
+    """:func:`_table_lines` of a sweep, streamed (a 100 000-row table is not held
+    in memory): a pass for the column widths unless they are given, then one
+    for the lines."""
+    def cells():
+        return _sweep_columns(res.names, res.values, res.metrics, res.diverged)
+    if widths is None:
+        widths = _SweepWidths(len(res.names))
+        widths(0, res.diverged.size, res.values, res.metrics, res.diverged)
+        widths = widths.widths
+    rows = lambda: (r for cols in cells() for r in zip(*cols))  # noqa: E731
     return _table_lines(rows, headers, widths)
 
 

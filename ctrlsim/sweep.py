@@ -104,7 +104,9 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
           controller: Controller | CustomController | None = None,
           progress: Callable[[int, int], None] | None = None, *,
           scheduler=None, csv: str | os.PathLike | None = None, resume: bool = False,
-          keep_trajectories: bool = False) -> SweepResult:
+          keep_trajectories: bool = False,
+          on_block: Callable[[int, int, dict, dict, np.ndarray], None] | None = None,
+          ) -> SweepResult:
     """Simulate a scenario over the grid product of parameter values.
 
     Parameters
@@ -136,6 +138,12 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
     keep_trajectories : bool
         Also return every run's :class:`~ctrlsim.Trajectory` (memory grows
         with the grid; local runs only).
+    on_block : callable(lo, hi, values, metrics, diverged), optional
+        Called with each finished range of rows ``[lo, hi)`` in grid order
+        (on a resume, first with the rows taken from the CSV): dicts of the
+        rows' parameter values and metrics, and their diverged flags. Locally
+        it runs while the next block computes, so streaming the rows (to a
+        database, a live plot, a table's column widths) costs no wall time.
 
     Returns
     -------
@@ -166,6 +174,9 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
     if keep_trajectories and resume:
         raise ParameterError("keep_trajectories", "cannot be combined with resume")
     names, axes, plant_table = _check_params(scenario, params, progress, keep_trajectories)
+    if on_block is not None and not callable(on_block):
+        raise ParameterTypeError("on_block", "must be callable(lo, hi, values, metrics, "
+                                 "diverged) or None")
     base = scenario.resolved_controller(controller)
     for name, axis in zip(names, axes):  # every controller value is valid on its own
         if name in CONTROLLER_PARAMS:
@@ -185,6 +196,8 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
         start = 0
         if sink is not None:
             start = sink.open(metrics, div_at)
+            if on_block is not None and start:
+                on_block(*_block_rows(plan, 0, start, metrics, div_at))
             if progress is not None and start:
                 progress(start, total)
         blocks = [(lo, min(lo + plan.block, total)) for lo in range(start, total, plan.block)]
@@ -193,6 +206,8 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
             nonlocal feasible
             metrics[lo:hi], div_at[lo:hi] = m, d
             feasible = feasible and bool(f.all())
+            if on_block is not None:
+                on_block(*_block_rows(plan, lo, hi, metrics, div_at))
             if progress is not None:
                 progress(hi, total)
 
@@ -326,6 +341,14 @@ def run_block(plan: _Plan, lo: int, hi: int, out: np.ndarray | None = None):
     res = np.empty((n, N_METRICS))
     block_metrics(plan.t, out, plan.prof.ref, div, plan.i0, plan.i1, plan.t0, res)
     return res, div, feas
+
+
+def _block_rows(plan: _Plan, lo: int, hi: int, metrics: np.ndarray, div_at: np.ndarray):
+    """The arguments of ``sweep(on_block=...)`` for rows ``[lo, hi)``."""
+    idx = np.unravel_index(np.arange(lo, hi), plan.shape)
+    values = {n: np.asarray(a, dtype=float)[i] for n, a, i in zip(plan.names, plan.axes, idx)}
+    return (lo, hi, values, {m: metrics[lo:hi, j] for j, m in enumerate(METRIC_KEYS)},
+            div_at[lo:hi] >= 0)
 
 
 def _run_local(plan: _Plan, blocks: list[tuple[int, int]], finished,

@@ -161,6 +161,49 @@ def test_an_interrupted_csv_is_valid_and_resume_completes_it(tmp_path, monkeypat
     assert not (tmp_path / "part.csv.sweep-state").exists()
 
 
+def _streamed(blocks: list, names) -> S.SweepResult:
+    """The rows handed to ``on_block``, checked contiguous, as one result."""
+    assert [b[0] for b in blocks] == [0] + [b[1] for b in blocks[:-1]]
+    cat = lambda k: {n: np.concatenate([b[k][n] for b in blocks]) for n in blocks[0][k]}  # noqa: E731
+    return S.SweepResult(names=tuple(names), axes=(), values=cat(2), metrics=cat(3),
+                         diverged=np.concatenate([b[4] for b in blocks]))
+
+
+def test_on_block_streams_every_row_in_grid_order_also_on_resume(tmp_path, monkeypatch):
+    whole = ctrlsim.sweep("decel", GRID)
+    blocks = []
+    keep = lambda lo, hi, v, m, d: blocks.append(  # noqa: E731
+        (lo, hi, {k: x.copy() for k, x in v.items()}, {k: x.copy() for k, x in m.items()},
+         d.copy()))
+    _interrupted(tmp_path / "part.csv", 8, monkeypatch)
+    ctrlsim.sweep("decel", GRID, csv=tmp_path / "part.csv", resume=True, on_block=keep)
+    assert [b[:2] for b in blocks] == [(0, 8), (8, 12), (12, 15)]  # 0-8 read from the CSV
+    assert _same(whole, _streamed(blocks, whole.names))
+    with pytest.raises(ParameterError, match="on_block"):
+        ctrlsim.sweep("decel", GRID, on_block=3)
+
+
+def test_cli_sweep_table_widths_from_the_streamed_blocks_equal_two_passes(tmp_path, capsys,
+                                                                       monkeypatch):
+    from ctrlsim import cli
+
+    # A huge gain with actuator lag diverges: a wider status column, in the last block only.
+    (tmp_path / "lag.toml").write_text(
+        "duration = 5.0\ninitial_speed = 1.0\n[plant]\npreset = \"robot\"\n"
+        "force_min = -1e9\nforce_max = 1e9\nactuator_tau = 0.5\n"
+        "[reference]\nsteps = [[0.5, 2.0]]\n")
+    monkeypatch.setattr("ctrlsim.limits.MAX_BLOCK_ROWS", 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert cli.main(["sweep", str(tmp_path / "lag.toml"), "--param", "kp=20,60,1e5",
+                         "--param", "kd=0,50"]) == 0
+        res = ctrlsim.sweep(str(tmp_path / "lag.toml"), {"kp": [20.0, 60.0, 1e5],
+                                                          "kd": [0.0, 50.0]})
+    table = capsys.readouterr().out.splitlines()[1:]
+    assert res.diverged[4:].any() and not res.diverged[:4].any()
+    assert table == list(cli._sweep_table_lines(res, ["kp", "kd"]))
+
+
 def test_resume_refuses_another_sweeps_csv(tmp_path, monkeypatch):
     part = tmp_path / "p.csv"
     _interrupted(part, 4, monkeypatch)
