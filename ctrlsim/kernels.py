@@ -729,26 +729,25 @@ def _rollout(pp, cp, prof, out, pid):
 # Many vehicles in lockstep (struct of arrays, vehicle loop innermost)
 # --------------------------------------------------------------------------
 @njit(cache=True, error_model="numpy")
-def _road_pass(x_of, sp, seg, sn, cs, gx, gth, r0, r1):
+def _road_pass(x_of, sp, t, seg, sn, cs, gx, gth, r0, r1):
     """Grade of vehicles ``r0 <= i < r1`` at stage positions ``sp``: refresh
     pieces, then sin/cos.
 
     ``seg`` (4, nb) caches each vehicle's road piece (lo, hi, theta_lo,
     slope); ``sn``/``cs`` receive sin/cos of the grade. Without ``x_of``
-    every vehicle is looked up at ``sp[0]`` (a time).
+    every vehicle is looked up at the time ``t`` instead.
     """
     lo, hi, th_lo, slope = seg[0], seg[1], seg[2], seg[3]
     # The lookups (rare: a vehicle left its piece) in one scalar loop, so the
     # grade loop below has no branches and vectorises.
     for i in range(r0, r1):
-        x = sp[i] if x_of else sp[0]
+        x = sp[i] if x_of else t
         if not (lo[i] <= x < hi[i]):
             lo[i], hi[i], th_lo[i], slope[i] = road_segment(x, gx, gth)
     if x_of:
         for i in range(r0, r1):
             sn[i], cs[i] = _sincos(_theta(sp[i], lo[i], th_lo[i], slope[i]))
     else:
-        t = sp[0]
         for i in range(r0, r1):
             sn[i], cs[i] = _sincos(_theta(t, lo[i], th_lo[i], slope[i]))
 
@@ -867,53 +866,78 @@ def _held_rows(h, substeps, p, v, f, a, par, st, car):
         _held_substeps(h, substeps, p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], tp, ts, car)
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _stage_events(ts, window, events):
+    """Payload and external force at stage time ``ts``, exactly as
+    :func:`plant_interval` takes them; ``window`` = (lo, hi, payload, force)
+    from the previous stage, looked up again only when ``ts`` leaves it."""
+    if not (window[0] <= ts < window[1]):
+        window = event_window(ts, events)
+    return window
+
+
 @njit(cache=True, error_model="numpy")
-def _interval_events(t0, h, substeps, events):
-    """Payload and external force at every RK4 stage time of an interval,
-    ``(substeps, 4)`` each, exactly as :func:`plant_interval` takes them."""
-    pays, fexts = np.empty((substeps, 4)), np.empty((substeps, 4))
-    e_lo, e_hi, payload, f_ext = -_INF, -_INF, 0.0, 0.0
+def _events_held(t0, h, substeps, events):
+    """``(held, payload, force)``: whether payload and external force are the
+    same at every RK4 stage time of an interval, and their values at the first."""
+    w = _stage_events(_stage_time(t0, 0, h), (-_INF, -_INF, 0.0, 0.0), events)
+    payload, force = w[2], w[3]
     for j in range(substeps):
         for c in range(4):
-            ts = _stage_time(t0 + j * h, c, h)
-            if not (e_lo <= ts < e_hi):
-                e_lo, e_hi, payload, f_ext = event_window(ts, events)
-            pays[j, c], fexts[j, c] = payload, f_ext
-    return pays, fexts
+            w = _stage_events(_stage_time(t0 + j * h, c, h), w, events)
+            if w[2] != payload or w[3] != force:
+                return False, payload, force
+    return True, payload, force
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _all_equal(x, r0, r1):
+    """``x[r0:r1]`` all equal (no temporary array: this runs every period)."""
+    for i in range(r0 + 1, r1):
+        if x[i] != x[r0]:
+            return False
+    return True
 
 
 @njit(cache=True, error_model="numpy")
-def _advance_held(r0, r1, p, v, f, a, h, substeps, plant, inv_tau, spans, prof, work,
-                  pays, fexts):
+def _held_span(lo, hi, car, p, v, f, a, h, substeps, plant, work):
+    """:func:`_held_rows` of the rows ``lo <= i < hi`` (all one preset)."""
+    # The row views made once per interval, not at every substep (views cost
+    # reference counting).
+    par = (plant[P_TAU, lo:hi], work[8, lo:hi], work[13, lo:hi], work[14, lo:hi],
+           work[15, lo:hi], plant[P_DLIN, lo:hi], plant[P_DQUAD, lo:hi],
+           plant[P_GEAR_RATIO, lo:hi], plant[P_TMAX, lo:hi], plant[P_WMAX, lo:hi],
+           plant[P_BETA, lo:hi], plant[P_BRAKE, lo:hi])
+    st = (work[1, lo:hi], work[2, lo:hi], work[3, lo:hi], work[4, lo:hi], work[5, lo:hi])
+    _held_rows(h, substeps, p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], par, st, car)
+
+
+@njit(cache=True, error_model="numpy")
+def _advance_held(r0, r1, p, v, f, a, h, substeps, plant, uniform, payload, f_ext, prof,
+                  work):
     """:func:`advance_rows` on a flat road by position (each vehicle keeps the
     constant grade cached in ``work``: the road's, or its own from
-    :func:`preset_grade`) over an interval in which no event starts or ends.
+    :func:`preset_grade`) over an interval in which the events hold
+    ``payload`` and ``f_ext`` throughout.
 
     Then each vehicle's load terms and 1/m are the same at every stage,
-    computed here once. Returns False, having advanced nothing, if an event
-    switches inside the interval (the stage-by-stage path takes it).
+    computed here once.
     """
-    if not (np.all(pays == pays[0, 0]) and np.all(fexts == fexts[0, 0])):
-        return False
     sn, cs = work[6], work[7]
-    _road_pass(True, p, work[9:13], sn, cs, prof.grade_x, prof.grade_th, r0, r1)
+    _road_pass(True, p, 0.0, work[9:13], sn, cs, prof.grade_x, prof.grade_th, r0, r1)
     inv_m, pull, rolling = work[13], work[14], work[15]
     for i in range(r0, r1):
-        m = plant[P_MASS, i] + pays[0, 0]
+        m = plant[P_MASS, i] + payload
         inv_m[i] = 1.0 / m
-        pull[i], rolling[i] = _load_terms(m, sn[i], cs[i], fexts[0, 0], plant[P_G, i],
+        pull[i], rolling[i] = _load_terms(m, sn[i], cs[i], f_ext, plant[P_G, i],
                                           plant[P_CR, i])
-    for lo, hi, car in spans:
-        # Each span's row views made once, not at every substep (views cost
-        # reference counting).
-        par = (plant[P_TAU, lo:hi], inv_tau[lo:hi], inv_m[lo:hi], pull[lo:hi],
-               rolling[lo:hi], plant[P_DLIN, lo:hi], plant[P_DQUAD, lo:hi],
-               plant[P_GEAR_RATIO, lo:hi], plant[P_TMAX, lo:hi], plant[P_WMAX, lo:hi],
-               plant[P_BETA, lo:hi], plant[P_BRAKE, lo:hi])
-        st = (work[1, lo:hi], work[2, lo:hi], work[3, lo:hi], work[4, lo:hi],
-              work[5, lo:hi])
-        _held_rows(h, substeps, p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], par, st, car)
-    return True
+    if uniform:
+        _held_span(r0, r1, plant[P_KIND, r0] == KIND_CAR, p, v, f, a, h, substeps, plant,
+                   work)
+    else:  # a block mixing presets (rare) runs one row at a time
+        for i in range(r0, r1):
+            _held_span(i, i + 1, plant[P_KIND, i] == KIND_CAR, p, v, f, a, h, substeps,
+                       plant, work)
 
 
 @njit(cache=True, error_model="numpy")
@@ -931,65 +955,74 @@ def advance_batch(p, v, f, a, t0, dt, substeps, plant, prof, work):
 @njit(cache=True, error_model="numpy")
 def advance_rows(r0, r1, p, v, f, a, t0, dt, substeps, plant, prof, work):
     """:func:`advance_batch` of the vehicles ``r0 <= i < r1`` only (the rest
-    untouched), so that threads can share the arrays without copying them."""
-    sp, sv, sf = work[0], work[1], work[2]
-    ap, av, af = work[3], work[4], work[5]
-    sn, cs, inv_tau = work[6], work[7], work[8]
-    seg = work[9:13]
+    untouched), so that threads can share the arrays without copying them.
+
+    Allocates nothing: it runs once per control period and block, and with a
+    few hundred rows a block, allocations were a tenth of the time.
+    """
     gx, gth = prof.grade_x, prof.grade_th
     # A road with one grade everywhere needs no per-stage lookups.
-    flat = gx.shape[0] <= 1 or np.all(gth == gth[0])
+    flat = gx.shape[0] <= 1 or _all_equal(gth, 0, gth.shape[0])
     by_time = prof.grade_by_time
-    mass, g, cr, dlin, dquad = (plant[P_MASS], plant[P_G], plant[P_CR], plant[P_DLIN],
-                                plant[P_DQUAD])
-    tau, gr, tmax = plant[P_TAU], plant[P_GEAR_RATIO], plant[P_TMAX]
-    wmax, beta, brake = plant[P_WMAX], plant[P_BETA], plant[P_BRAKE]
+    tau, inv_tau = plant[P_TAU], work[8]
     for i in range(r0, r1):
         inv_tau[i] = 1.0 / tau[i] if tau[i] > 0.0 else 0.0
-    kind = plant[P_KIND, r0:r1]
-    if np.all(kind == kind[0]):
-        spans = [(r0, r1, kind[0] == KIND_CAR)]
-    else:
-        spans = [(i, i + 1, plant[P_KIND, i] == KIND_CAR) for i in range(r0, r1)]
+    uniform = _all_equal(plant[P_KIND], r0, r1)
     h = dt / substeps
     h6 = h / 6.0
-    pays, fexts = _interval_events(t0, h, substeps, prof.events)
-    if flat and not by_time and _advance_held(r0, r1, p, v, f, a, h, substeps, plant,
-                                              inv_tau, spans, prof, work, pays, fexts):
-        return
-    tbuf = np.empty(1)
+    if flat and not by_time:
+        held, payload, f_ext = _events_held(t0, h, substeps, prof.events)
+        if held:
+            _advance_held(r0, r1, p, v, f, a, h, substeps, plant, uniform, payload, f_ext,
+                          prof, work)
+            return
+    sp, sn, cs = work[0], work[6], work[7]
+    ap, av, af = work[3], work[4], work[5]
     # Each vehicle's mass with the payload and its inverse, recomputed only when
     # the payload changes (the same values a stage would compute).
-    inv_m, m_pay = work[13], work[14]
+    mass, inv_m, m_pay = plant[P_MASS], work[13], work[14]
     payload = np.nan
+    window = (-_INF, -_INF, 0.0, 0.0)
     for j in range(substeps):
         ta = t0 + j * h
-        sp[r0:r1] = p[r0:r1]
-        sv[r0:r1] = v[r0:r1]
-        sf[r0:r1] = f[r0:r1]
+        work[0, r0:r1] = p[r0:r1]
+        work[1, r0:r1] = v[r0:r1]
+        work[2, r0:r1] = f[r0:r1]
         for c in range(4):
+            ts = _stage_time(ta, c, h)
             if not flat or j + c == 0:
-                tbuf[0] = _stage_time(ta, c, h)
-                _road_pass(not by_time, sp if not by_time else tbuf, seg, sn, cs,
-                           gx, gth, r0, r1)
-            if pays[j, c] != payload:
-                payload = pays[j, c]
+                _road_pass(not by_time, sp, ts, work[9:13], sn, cs, gx, gth, r0, r1)
+            window = _stage_events(ts, window, prof.events)
+            if window[2] != payload:
+                payload = window[2]
                 for i in range(r0, r1):
                     m_pay[i] = mass[i] + payload
                     inv_m[i] = 1.0 / m_pay[i]
             # ``car`` must be loop-invariant for the stage loop to vectorise, so
             # a block mixing presets (rare) runs one row at a time.
-            for lo, hi, car in spans:
-                _stage_rows(c, h, p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], sp[lo:hi],
-                            sv[lo:hi], sf[lo:hi], ap[lo:hi], av[lo:hi], af[lo:hi],
-                            sn[lo:hi], cs[lo:hi], inv_tau[lo:hi], m_pay[lo:hi], inv_m[lo:hi],
-                            fexts[j, c], g[lo:hi], cr[lo:hi], dlin[lo:hi], dquad[lo:hi],
-                            tau[lo:hi], gr[lo:hi], tmax[lo:hi], wmax[lo:hi], beta[lo:hi],
-                            brake[lo:hi], car)
+            if uniform:
+                _stage_span(r0, r1, plant[P_KIND, r0] == KIND_CAR, c, h, p, v, f, a,
+                            window[3], plant, work)
+            else:
+                for i in range(r0, r1):
+                    _stage_span(i, i + 1, plant[P_KIND, i] == KIND_CAR, c, h, p, v, f, a,
+                                window[3], plant, work)
         for i in range(r0, r1):
             p[i] += h6 * ap[i]
             v[i] += h6 * av[i]
             f[i] += h6 * af[i]
+
+
+@njit(cache=True, error_model="numpy")
+def _stage_span(lo, hi, car, c, h, p, v, f, a, f_ext, plant, work):
+    """:func:`_stage_rows` of the rows ``lo <= i < hi`` (all one preset)."""
+    _stage_rows(c, h, p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], work[0, lo:hi],
+                work[1, lo:hi], work[2, lo:hi], work[3, lo:hi], work[4, lo:hi],
+                work[5, lo:hi], work[6, lo:hi], work[7, lo:hi], work[8, lo:hi],
+                work[14, lo:hi], work[13, lo:hi], f_ext, plant[P_G, lo:hi],
+                plant[P_CR, lo:hi], plant[P_DLIN, lo:hi], plant[P_DQUAD, lo:hi],
+                plant[P_TAU, lo:hi], plant[P_GEAR_RATIO, lo:hi], plant[P_TMAX, lo:hi],
+                plant[P_WMAX, lo:hi], plant[P_BETA, lo:hi], plant[P_BRAKE, lo:hi], car)
 
 
 @njit(cache=True)
