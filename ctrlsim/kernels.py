@@ -969,60 +969,72 @@ def advance_rows(r0, r1, p, v, f, a, t0, dt, substeps, plant, prof, work):
         inv_tau[i] = 1.0 / tau[i] if tau[i] > 0.0 else 0.0
     uniform = _all_equal(plant[P_KIND], r0, r1)
     h = dt / substeps
-    h6 = h / 6.0
     if flat and not by_time:
         held, payload, f_ext = _events_held(t0, h, substeps, prof.events)
         if held:
             _advance_held(r0, r1, p, v, f, a, h, substeps, plant, uniform, payload, f_ext,
                           prof, work)
             return
-    sp, sn, cs = work[0], work[6], work[7]
-    ap, av, af = work[3], work[4], work[5]
+    # ``car`` must be loop-invariant for the stage loop to vectorise, so a
+    # block mixing presets (rare) runs one row at a time.
+    if uniform:
+        _stage_interval(r0, r1, plant[P_KIND, r0] == KIND_CAR, p, v, f, a, t0, h, substeps,
+                        flat, by_time, plant, prof, work)
+    else:
+        for i in range(r0, r1):
+            _stage_interval(i, i + 1, plant[P_KIND, i] == KIND_CAR, p, v, f, a, t0, h,
+                            substeps, flat, by_time, plant, prof, work)
+
+
+@njit(cache=True, error_model="numpy")
+def _stage_interval(lo, hi, car, p, v, f, a, t0, h, substeps, flat, by_time, plant, prof,
+                    work):
+    """:func:`advance_rows` of the rows ``lo <= i < hi`` (one preset), stage by
+    stage: the grade at each stage's position (or time) and the events at each
+    stage's time.
+
+    The row views are made once per interval, not at every stage (a view costs
+    reference counting; with 30 of them a stage, that was most of the time of
+    a 32-row block).
+    """
+    gx, gth, n = prof.grade_x, prof.grade_th, hi - lo
+    pv, vv, fv, av = p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi]
+    sp, sv, sf = work[0, lo:hi], work[1, lo:hi], work[2, lo:hi]
+    ap, avv, af = work[3, lo:hi], work[4, lo:hi], work[5, lo:hi]
+    sn, cs, inv_tau = work[6, lo:hi], work[7, lo:hi], work[8, lo:hi]
+    inv_m, m_pay, mass = work[13, lo:hi], work[14, lo:hi], plant[P_MASS, lo:hi]
+    g, cr, dlin, dquad = (plant[P_G, lo:hi], plant[P_CR, lo:hi], plant[P_DLIN, lo:hi],
+                          plant[P_DQUAD, lo:hi])
+    tau, gr, tmax = plant[P_TAU, lo:hi], plant[P_GEAR_RATIO, lo:hi], plant[P_TMAX, lo:hi]
+    wmax, beta, brake = plant[P_WMAX, lo:hi], plant[P_BETA, lo:hi], plant[P_BRAKE, lo:hi]
+    seg = work[9:13]
+    h6 = h / 6.0
     # Each vehicle's mass with the payload and its inverse, recomputed only when
     # the payload changes (the same values a stage would compute).
-    mass, inv_m, m_pay = plant[P_MASS], work[13], work[14]
     payload = np.nan
     window = (-_INF, -_INF, 0.0, 0.0)
     for j in range(substeps):
         ta = t0 + j * h
-        work[0, r0:r1] = p[r0:r1]
-        work[1, r0:r1] = v[r0:r1]
-        work[2, r0:r1] = f[r0:r1]
+        sp[:] = pv
+        sv[:] = vv
+        sf[:] = fv
         for c in range(4):
             ts = _stage_time(ta, c, h)
             if not flat or j + c == 0:
-                _road_pass(not by_time, sp, ts, work[9:13], sn, cs, gx, gth, r0, r1)
+                _road_pass(not by_time, work[0], ts, seg, work[6], work[7], gx, gth, lo, hi)
             window = _stage_events(ts, window, prof.events)
             if window[2] != payload:
                 payload = window[2]
-                for i in range(r0, r1):
+                for i in range(n):
                     m_pay[i] = mass[i] + payload
                     inv_m[i] = 1.0 / m_pay[i]
-            # ``car`` must be loop-invariant for the stage loop to vectorise, so
-            # a block mixing presets (rare) runs one row at a time.
-            if uniform:
-                _stage_span(r0, r1, plant[P_KIND, r0] == KIND_CAR, c, h, p, v, f, a,
-                            window[3], plant, work)
-            else:
-                for i in range(r0, r1):
-                    _stage_span(i, i + 1, plant[P_KIND, i] == KIND_CAR, c, h, p, v, f, a,
-                                window[3], plant, work)
-        for i in range(r0, r1):
-            p[i] += h6 * ap[i]
-            v[i] += h6 * av[i]
-            f[i] += h6 * af[i]
-
-
-@njit(cache=True, error_model="numpy")
-def _stage_span(lo, hi, car, c, h, p, v, f, a, f_ext, plant, work):
-    """:func:`_stage_rows` of the rows ``lo <= i < hi`` (all one preset)."""
-    _stage_rows(c, h, p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], work[0, lo:hi],
-                work[1, lo:hi], work[2, lo:hi], work[3, lo:hi], work[4, lo:hi],
-                work[5, lo:hi], work[6, lo:hi], work[7, lo:hi], work[8, lo:hi],
-                work[14, lo:hi], work[13, lo:hi], f_ext, plant[P_G, lo:hi],
-                plant[P_CR, lo:hi], plant[P_DLIN, lo:hi], plant[P_DQUAD, lo:hi],
-                plant[P_TAU, lo:hi], plant[P_GEAR_RATIO, lo:hi], plant[P_TMAX, lo:hi],
-                plant[P_WMAX, lo:hi], plant[P_BETA, lo:hi], plant[P_BRAKE, lo:hi], car)
+            _stage_rows(c, h, pv, vv, fv, av, sp, sv, sf, ap, avv, af, sn, cs, inv_tau,
+                        m_pay, inv_m, window[3], g, cr, dlin, dquad, tau, gr, tmax, wmax,
+                        beta, brake, car)
+        for i in range(n):
+            pv[i] += h6 * ap[i]
+            vv[i] += h6 * avv[i]
+            fv[i] += h6 * af[i]
 
 
 @njit(cache=True)
@@ -1129,8 +1141,8 @@ def _lockstep(pp, cp, prof, out, diverged_at, feasible):
                 p[i] = v[i] = f[i] = np.nan
 
 
-# Rows per lockstep block: small enough that a block's state and scratch stay
-# in L1/L2, and at least 8 blocks when there are rows for them (both cores busy).
+# Rows per lockstep block: at most this many (a block's state and scratch stay
+# in L1/L2).
 _BLOCK_MAX = 256
 
 
@@ -1145,7 +1157,11 @@ def rollout_batch(pp, cp, prof, out, diverged_at, feasible):
     to calling :func:`rollout` on each row.
     """
     b = pp.shape[0]
-    size = min(max((b + 7) // 8, 1), _BLOCK_MAX)
+    # A multiple of 8 blocks (balanced on 1, 2, 4 or 8 threads; numba's thread
+    # count cannot be read here without making the kernel uncacheable), as
+    # few as the size cap allows.
+    nblk = 8 * max((b + 8 * _BLOCK_MAX - 1) // (8 * _BLOCK_MAX), 1)
+    size = max((b + nblk - 1) // nblk, 1)
     for blk in prange((b + size - 1) // size):
         lo = blk * size
         hi = min(lo + size, b)
