@@ -993,9 +993,8 @@ def _stage_interval(lo, hi, car, p, v, f, a, t0, h, substeps, flat, by_time, pla
     stage: the grade at each stage's position (or time) and the events at each
     stage's time.
 
-    The row views are made once per interval, not at every stage (a view costs
-    reference counting; with 30 of them a stage, that was most of the time of
-    a 32-row block).
+    The ~30 row views are made once per interval, not at every stage (a view
+    costs reference counting; this saved 5-10 % of the grade workload).
     """
     gx, gth, n = prof.grade_x, prof.grade_th, hi - lo
     pv, vv, fv, av = p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi]
@@ -1143,8 +1142,9 @@ def _lockstep(pp, cp, prof, out, diverged_at, feasible):
 
 # Rows per lockstep block: at most _BLOCK_MAX (a block's state and scratch stay
 # in L1/L2), and not under _BLOCK_MIN if that leaves a block: each block and
-# control period costs a fixed ~1 us (loop set-up and alias checks for ~25
-# arrays), which 32-row blocks felt (2.8x slower than 128 rows on one thread).
+# control period has a fixed cost (not broken down; loop set-up and the runtime
+# alias checks of loops over ~25 arrays are the likely part), and 32-row blocks
+# were 2.8x slower per row than 128-row ones on one thread.
 _BLOCK_MAX = 256
 _BLOCK_MIN = 128
 
