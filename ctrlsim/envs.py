@@ -100,7 +100,9 @@ class _Core:
                                  _check_weight("effort_weight", effort_weight),
                                  DIVERGENCE_PENALTY])
         self.nb = nb
-        self.plant = np.ascontiguousarray(np.repeat(self.pp[:, None], nb, axis=1))
+        # Rows 64-byte aligned (see kernels.aligned_rows); columns past nb unused.
+        self.plant = K.aligned_rows(self.pp.size, nb)
+        self.plant[:, :nb] = self.pp[:, None]
         # (N + 1, nb): a step reads one sample of every row, so rows are adjacent.
         self.ref = np.ascontiguousarray(np.repeat(self.prof.ref[:, None], nb, axis=1))
         self.noise = np.ascontiguousarray(np.repeat(self.prof.noise[:, None], nb, axis=1))
