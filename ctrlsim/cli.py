@@ -183,7 +183,7 @@ def _cmd_sweep(args) -> int:
     try:
         res = sweep(sc, params, controller=ctl, scheduler=args.scheduler,
                     csv=targets.get("--csv"), resume=args.resume, progress=progress,
-                    on_block=widths)
+                    on_block=None if args.json else widths)
     finally:
         for bar in bars:
             bar.close()

@@ -108,7 +108,7 @@ class _Core:
         self.noise = np.ascontiguousarray(np.repeat(self.prof.noise[:, None], nb, axis=1))
         self.nominal_start = np.array(self._start(self.pp, self.prof) + (np.nan,))
         self.start = np.repeat(self.nominal_start[:, None], nb, axis=1)
-        self.state = np.zeros((8, nb))
+        self.state = K.aligned_rows(8, nb)  # rows on cache lines (columns past nb unused)
         self.k = np.zeros(nb, dtype=np.int64)
         self.work = K.batch_work(nb)
         self._act = np.zeros(1)

@@ -37,8 +37,8 @@ MAX_RUN_WORK = 5_000_000
 # longest a sweep ignores Ctrl-C. Blocks are sized to it (at least one row;
 # one run is itself capped by MAX_RUN_WORK).
 MAX_CHUNK_WORK = 16_000_000
-# Samples in one block's output buffer (x 5 outputs x 8 bytes: 100 MB), reused
-# from block to block: a sweep's memory does not grow with its number of points.
+# Samples in one block's output buffer (x 5 outputs x 8 bytes: 100 MB); two
+# buffers alternate: a sweep's memory does not grow with its number of points.
 MAX_BLOCK_SAMPLES = 2_500_000
 MAX_BLOCK_ROWS = 4096
 # A whole sweep: 1e10 substeps is ~5-10 min on two cores (the 100 000-point,

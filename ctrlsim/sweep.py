@@ -1,9 +1,10 @@
 """Parameter sweeps: many closed-loop runs of one scenario, in blocks.
 
 The grid (C order) is cut into blocks of rows (:func:`ctrlsim.limits.sweep_block`).
-Each block is one call of the lockstep batch kernel into a reused output
-buffer, followed by a compiled metrics pass (:mod:`ctrlsim.fastmetrics`); only
-the metrics are kept, so memory does not grow with the number of points. With
+Each block is one call of the lockstep batch kernel into one of two
+alternating output buffers (one block computes while the previous one is
+written), followed by a compiled metrics pass (:mod:`ctrlsim.fastmetrics`);
+only the metrics are kept, so memory does not grow with the number of points. With
 ``csv=`` the table is appended block by block (valid after an interrupt) and
 ``resume=True`` continues it; with ``scheduler=`` the blocks are Dask tasks.
 Every path gives the same table bit for bit (see ``docs/sweeps.md``).
@@ -141,9 +142,11 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
     on_block : callable(lo, hi, values, metrics, diverged), optional
         Called with each finished range of rows ``[lo, hi)`` in grid order
         (on a resume, first with the rows taken from the CSV): dicts of the
-        rows' parameter values and metrics, and their diverged flags. Locally
-        it runs while the next block computes, so streaming the rows (to a
-        database, a live plot, a table's column widths) costs no wall time.
+        rows' parameter values and metrics, and their diverged flags
+        (read-only arrays). Locally it runs while the next block computes, so
+        streaming the rows (to a database, a live plot, a table's column
+        widths) overlaps the computation. It must not run ctrlsim kernels
+        itself (one is busy on the worker thread).
 
     Returns
     -------
@@ -347,8 +350,10 @@ def _block_rows(plan: _Plan, lo: int, hi: int, metrics: np.ndarray, div_at: np.n
     """The arguments of ``sweep(on_block=...)`` for rows ``[lo, hi)``."""
     idx = np.unravel_index(np.arange(lo, hi), plan.shape)
     values = {n: np.asarray(a, dtype=float)[i] for n, a, i in zip(plan.names, plan.axes, idx)}
-    return (lo, hi, values, {m: metrics[lo:hi, j] for j, m in enumerate(METRIC_KEYS)},
-            div_at[lo:hi] >= 0)
+    cols = {m: metrics[lo:hi, j] for j, m in enumerate(METRIC_KEYS)}
+    for view in cols.values():  # views of the result: a callback must not change it
+        view.flags.writeable = False
+    return lo, hi, values, cols, div_at[lo:hi] >= 0
 
 
 def _run_local(plan: _Plan, blocks: list[tuple[int, int]], finished,
@@ -364,12 +369,13 @@ def _run_local(plan: _Plan, blocks: list[tuple[int, int]], finished,
     """
     if not blocks:
         return
-    shape = (min(plan.block, plan.rows), plan.prof.ref.size, len(K.OUT_FIELDS))
-    bufs = [np.empty(shape), np.empty(shape)] if not fresh_buffers else None
+    shape = (max(hi - lo for lo, hi in blocks), plan.prof.ref.size, len(K.OUT_FIELDS))
+    n_buf = min(len(blocks), 2)
+    bufs = [np.empty(shape) for _ in range(n_buf)] if not fresh_buffers else None
 
     def submit(pool, k):
         lo, hi = blocks[k]
-        out = bufs[k % 2] if bufs is not None else np.empty((hi - lo,) + shape[1:])
+        out = bufs[k % n_buf] if bufs is not None else np.empty((hi - lo,) + shape[1:])
         return out, pool.submit(run_block, plan, lo, hi, out)
 
     # numba's thread count is per calling thread: the worker takes the caller's.
