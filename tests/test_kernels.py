@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import numba
 import numpy as np
 import pytest
 from numba import njit
@@ -297,3 +298,32 @@ def test_pinned_per_row_grades_are_used_on_a_flat_road():
                                      cache)
         assert state == (p[i], v[i], f[i]), i
     assert len(set(v.tolist())) == nb
+
+
+@pytest.mark.parametrize("nb", [1, 7, 8, 255, 256, 504, 512, 4096, 4097])
+def test_aligned_rows_start_on_cache_lines_and_do_not_alias_4k(nb):
+    a = K.aligned_rows(5, nb)
+    assert a.shape[0] == 5 and a.shape[1] >= nb and a.flags.c_contiguous
+    assert not a.any()
+    stride = a.strides[0]
+    assert a.ctypes.data % 64 == 0 and stride % 64 == 0 and stride % 4096 != 0
+    assert K.batch_work(nb).ctypes.data % 64 == 0
+
+
+def test_claim_hands_out_each_block_once_across_threads():
+    @njit(parallel=True)
+    def claim_all(n, workers):
+        claimed = np.zeros(1, dtype=np.int64)
+        owner = np.full(n, -1)
+        taken = np.zeros(workers, dtype=np.int64)
+        for w in numba.prange(workers):
+            blk = K._claim(claimed)
+            while blk < n:
+                owner[blk] = w
+                taken[w] += 1
+                blk = K._claim(claimed)
+        return owner, taken
+
+    owner, taken = claim_all(1000, 4)
+    # Every block taken, and 1000 claims in all: none was handed out twice.
+    assert (owner >= 0).all() and taken.sum() == 1000
