@@ -17,7 +17,7 @@ Building blocks
   struct-of-arrays with the vehicle loop innermost so that the RK4 stages
   vectorise; bit-identical to :func:`rollout` row by row. A control period
   whose inputs are held (each vehicle's grade constant, no event switching)
-  takes ``_advance_held``: load terms and 1/m once per period, then one short
+  takes :func:`_advance_held`: load terms and 1/m once per period, then one short
   loop per RK4 stage (one loop over whole substeps waits on the stages'
   dependency chain); any other period goes stage by stage with the road
   looked up at every stage.
@@ -1022,7 +1022,7 @@ def _stage_interval(lo, hi, car, p, v, f, a, t0, h, substeps, flat, by_time, pla
                           plant[P_DQUAD, lo:hi])
     tau, gr, tmax = plant[P_TAU, lo:hi], plant[P_GEAR_RATIO, lo:hi], plant[P_TMAX, lo:hi]
     wmax, beta, brake = plant[P_WMAX, lo:hi], plant[P_BETA, lo:hi], plant[P_BRAKE, lo:hi]
-    seg = work[9:13]
+    seg, sp_all, sn_all, cs_all = work[9:13], work[0], work[6], work[7]
     h6 = h / 6.0
     # Each vehicle's mass with the payload and its inverse, recomputed only when
     # the payload changes (the same values a stage would compute).
@@ -1036,7 +1036,7 @@ def _stage_interval(lo, hi, car, p, v, f, a, t0, h, substeps, flat, by_time, pla
         for c in range(4):
             ts = _stage_time(ta, c, h)
             if not flat or j + c == 0:
-                _road_pass(not by_time, work[0], ts, seg, work[6], work[7], gx, gth, lo, hi)
+                _road_pass(not by_time, sp_all, ts, seg, sn_all, cs_all, gx, gth, lo, hi)
             window = _stage_events(ts, window, prof.events)
             if window[2] != payload:
                 payload = window[2]
@@ -1061,9 +1061,9 @@ def aligned_rows(rows, nb):
     two cache lines (numba aligns arrays to 32 bytes only, and a row of ``nb``
     values would start anywhere), threads writing neighbouring blocks of rows
     that start at multiples of 8 never share a line, and rows do not alias in
-    the cache's 4 kB sets. Measured at 4096 envs,
-    the env's compiled step went from 245-300 to ~225 us on one thread and from
-    ~200 to ~155 us on two (the blocks' edges had shared cache lines).
+    the cache's 4 kB sets. Measured at 4096 envs, the env's compiled step went
+    from 245-300 to ~225 us on one thread and from ~200 to ~155 us on two (the
+    blocks' edges had shared cache lines).
     """
     cols = (nb + 7) // 8 * 8
     cols += 8 if cols % 512 == 0 else 0
