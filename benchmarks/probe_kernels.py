@@ -6,7 +6,8 @@
    road without events. Millions of RK4 substeps per second.
 2. The vector env's step at 4096 envs on one thread, split into its parts:
    ``kernels.step_batch`` with one block, the plant (``advance_batch``) and
-   observations/rewards (``_env_finish``), each in its own njit loop.
+   observations/rewards (``_env_finish``), each in its own njit loop; then
+   ``step_batch`` with one block per core on 2 threads.
 
 Single-thread figures move little on the shared machine; use them to compare
 kernel changes one after the other. Run: ``python benchmarks/probe_kernels.py``
@@ -35,7 +36,7 @@ def _advance_loop(p, v, f, a, plant, prof, work, periods):
 
 
 @njit
-def _step_loop(args, reps, part):
+def _step_loop(args, reps, part, blocks=1):
     (act, mode, state, k, plant, cbase, use_base, start, ref, noise, prof, work, weights,
      scales, obs, reward, terminated, truncated) = args
     nb = act.shape[0]
@@ -45,7 +46,8 @@ def _step_loop(args, reps, part):
                 k[i] = 0
         if part == 0:
             K.step_batch(act, mode, state, k, plant, cbase, use_base, start, ref, noise,
-                         prof, work, weights, scales, obs, reward, terminated, truncated, 1)
+                         prof, work, weights, scales, obs, reward, terminated, truncated,
+                         blocks)
         elif part == 1:
             K.advance_batch(state[0], state[1], state[2], state[7], 0.0, prof.ts,
                             prof.substeps, plant, prof, work)
@@ -92,7 +94,7 @@ def env_step(n: int = 4096, reps: int = 200) -> None:
     args = (act, np.zeros(n, np.int8), c.state, c.k, c.plant, c.cbase, c.use_base, c.start,
             c.ref, c.noise, c.prof, c.work, c.weights, c.scales, c.obs, c.reward,
             c.terminated, c.truncated)
-    print(f"\nvector env step at {n} envs, 1 thread (µs per step)\n")
+    print(f"\nvector env step at {n} envs (µs per step; 1 thread unless the row says)\n")
     print("| part | µs |")
     print("|---|---:|")
     for part, name in enumerate(("step_batch, one block", "plant (advance_batch)",
@@ -100,6 +102,13 @@ def env_step(n: int = 4096, reps: int = 200) -> None:
         _step_loop(args, 1, part)
         t = _best(lambda part=part: _step_loop(args, reps, part))
         print(f"| {name} | {t / reps * 1e6:.0f} |")
+    # The same step with one block per core on 2 threads (the env's setting there).
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    blocks = numba.get_num_threads()
+    _step_loop(args, 1, 0, blocks)
+    t = _best(lambda: _step_loop(args, reps, 0, blocks))
+    numba.set_num_threads(1)
+    print(f"| step_batch, {blocks} blocks on {blocks} threads | {t / reps * 1e6:.0f} |")
     venv.close()
 
 
