@@ -7,6 +7,9 @@ steps are the same floating-point operations in the same order; only the
 sums differ: numpy adds pairwise, this module with Neumaier's compensated
 sum, so the two agree to ~1e-15 relative (tested to 1e-12 on every key).
 
+:func:`rollout_metrics` is a sweep block in one call: the lockstep batch
+kernel and these metrics, piece by piece on every core.
+
 Columns of the result are :data:`ctrlsim.metrics.METRIC_KEYS`, in order.
 """
 
@@ -17,9 +20,10 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .kernels import _claim, _lockstep
 from .metrics import METRIC_KEYS
 
-__all__ = ["block_metrics", "metric_settings", "N_METRICS"]
+__all__ = ["block_metrics", "rollout_metrics", "metric_settings", "N_METRICS", "PIECE_ROWS"]
 
 N_METRICS = len(METRIC_KEYS)
 (_RISE, _SETTLE, _SMIN, _SMAX, _OVER, _UNDER, _PEAK, _PEAK_T, _SSV, _SSE, _IAE, _ISE,
@@ -200,3 +204,41 @@ def block_metrics(t, out, ref, diverged_at, i0, i1, t0, res):
     # Rows on all cores: single-threaded, this pass was 15 % of a sweep's time.
     for b in prange(res.shape[0]):
         _row_metrics(t, out[b], ref, diverged_at[b] >= 0, i0, i1, t0, res[b])
+
+
+# Rows per piece of :func:`rollout_metrics` (at most): the rows a thread
+# simulates and then measures while their outputs are still in its cache. 128
+# keeps the lockstep's fixed cost per period small and leaves many pieces to
+# share out, so the threads finish a call close together.
+PIECE_ROWS = 128
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def rollout_metrics(pp, cp, prof, out, keep, diverged_at, feasible, t, i0, i1, t0, res,
+                    workers, piece):
+    """``kernels.rollout_batch`` and then :func:`block_metrics` of its rows, in
+    pieces of ``piece`` rows: each piece is measured by the thread that
+    simulated it, straight after (one parallel region per block, not two, and
+    the outputs are read back from cache).
+
+    With ``keep``, ``out`` (B, N + 1, 5) receives every row's output; without,
+    ``out`` is scratch of ``workers * piece`` rows and only the metrics ``res``
+    (B, N_METRICS), ``diverged_at`` and ``feasible`` are kept, so memory does
+    not grow with B. ``workers`` is numba's thread count: one worker per
+    thread, each with its own scratch rows, taking pieces as it frees up.
+    Every row equals :func:`ctrlsim.kernels.rollout` of it, bit for bit.
+    """
+    b = pp.shape[0]
+    pieces = (b + piece - 1) // piece
+    claimed = np.zeros(1, dtype=np.int64)
+    for w in prange(workers):
+        k = _claim(claimed)
+        while k < pieces:
+            lo = k * piece
+            hi = min(lo + piece, b)
+            o = out[lo:hi] if keep else out[w * piece:w * piece + hi - lo]
+            _lockstep(pp[lo:hi], cp[lo:hi], prof, o, diverged_at[lo:hi], feasible[lo:hi])
+            for r in range(hi - lo):
+                _row_metrics(t, o[r], prof.ref, diverged_at[lo + r] >= 0, i0, i1, t0,
+                             res[lo + r])
+            k = _claim(claimed)

@@ -5,8 +5,8 @@ weighted up for many events and grade breakpoints (the kernel scans them at
 every RK4 stage). Sizes are Python integers, so a grid of 65536**4 points is
 2**64, not 0.
 
-Measured on the project's 2-core machine: ~5 M substeps/s for one run, and
-~30 M/s for a sweep (lockstep batch kernel on both cores), with a few
+Measured on the project's 2-core machine: ~25 M substeps/s for one run, and
+~100 M/s for a sweep (lockstep batch kernel on both cores), with a few
 microseconds of Python per sweep row. A sweep runs in blocks of at most
 :data:`MAX_CHUNK_WORK` substeps (Ctrl-C is seen between blocks, and an
 interrupted ``--csv`` sweep resumes from its last finished block), so its total
@@ -33,12 +33,14 @@ MAX_SUBSTEPS = 10_000
 # One run: ~1 s on one core. The compiled kernel cannot be interrupted, so any
 # accepted run must finish quickly; Ctrl-C is then seen between runs.
 MAX_RUN_WORK = 5_000_000
-# One block of sweep rows (one compiled call): ~0.5-1 s on two cores, the
+# One block of sweep rows (one compiled call): ~0.3-0.6 s on one core, the
 # longest a sweep ignores Ctrl-C. Blocks are sized to it (at least one row;
-# one run is itself capped by MAX_RUN_WORK).
-MAX_CHUNK_WORK = 16_000_000
-# Samples in one block's output buffer (x 5 outputs x 8 bytes: 100 MB); two
-# buffers alternate: a sweep's memory does not grow with its number of points.
+# one run is itself capped by MAX_RUN_WORK). Large blocks leave the threads
+# many pieces to share, so they finish each call close together.
+MAX_CHUNK_WORK = 64_000_000
+# Samples in one block's output buffer (x 5 outputs x 8 bytes: 100 MB), for
+# kernels that keep a whole block's outputs (user-defined laws); the built-in
+# laws measure rows as they finish them and keep only a few rows per thread.
 MAX_BLOCK_SAMPLES = 2_500_000
 MAX_BLOCK_ROWS = 4096
 # A whole sweep: 1e10 substeps is ~5-10 min on two cores (the 100 000-point,
@@ -63,10 +65,13 @@ def run_work(samples: int, substeps: int, n_events: int = 0, n_grade: int = 0) -
     return math.ceil(int(samples) * int(substeps) * (1 + (n_events + n_grade) / 32))
 
 
-def sweep_block(samples: int, work: int) -> int:
-    """Rows per block of a sweep whose runs have ``samples`` samples and cost ``work``."""
-    return max(1, min(MAX_BLOCK_ROWS, MAX_CHUNK_WORK // max(int(work), 1),
-                      MAX_BLOCK_SAMPLES // max(int(samples), 1)))
+def sweep_block(samples: int, work: int, whole: bool = False) -> int:
+    """Rows per block of a sweep whose runs have ``samples`` samples and cost
+    ``work``; ``whole``: the kernel holds a block's outputs whole (user laws)."""
+    rows = min(MAX_BLOCK_ROWS, MAX_CHUNK_WORK // max(int(work), 1))
+    if whole:
+        rows = min(rows, MAX_BLOCK_SAMPLES // max(int(samples), 1))
+    return max(1, rows)
 
 
 def check_sweep(axis_sizes: Sequence[int], samples: int, work: int,

@@ -1,10 +1,11 @@
 """Parameter sweeps: many closed-loop runs of one scenario, in blocks.
 
 The grid (C order) is cut into blocks of rows (:func:`ctrlsim.limits.sweep_block`).
-Each block is one call of the lockstep batch kernel into one of two
-alternating output buffers (one block computes while the previous one is
-written), followed by a compiled metrics pass (:mod:`ctrlsim.fastmetrics`);
-only the metrics are kept, so memory does not grow with the number of points. With
+Each block is one compiled call (:func:`ctrlsim.fastmetrics.rollout_metrics`)
+that simulates pieces of rows on all cores and measures each piece as it
+finishes; a worker thread runs the blocks while the calling thread writes the
+finished ones. Only the metrics are kept, so memory does not grow with the
+number of points. With
 ``csv=`` the table is appended block by block (valid after an interrupt) and
 ``resume=True`` continues it; with ``scheduler=`` the blocks are Dask tasks.
 Every path gives the same table bit for bit (see ``docs/sweeps.md``).
@@ -18,6 +19,7 @@ import itertools
 import json
 import os
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -35,7 +37,15 @@ from .controllers import (
     as_controller,
     pid_vectors,
 )
-from .fastmetrics import N_METRICS, block_metrics, metric_settings, step_start
+from .fastmetrics import (
+    N_METRICS,
+    PIECE_ROWS,
+    block_metrics,
+    metric_settings,
+    rollout_metrics,
+    step_start,
+)
+from .limits import MAX_BLOCK_SAMPLES
 from .metrics import METRIC_KEYS
 from .plant import PRESET_FIELDS
 from .scenario import Scenario, as_scenario
@@ -224,7 +234,7 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
                     trajs.extend(_trajectories(scenario, base, plan, lo, hi, out, d))
                 done(lo, hi, m, d, f)
 
-            _run_local(plan, blocks, finished, fresh_buffers=trajs is not None)
+            _run_local(plan, blocks, finished, keep=trajs is not None)
         if sink is not None:
             sink.finish()
     finally:
@@ -276,7 +286,7 @@ def _make_plan(scenario, names, axes, plant_table, base) -> _Plan:
     prof = scenario.pack()
     t, i0, i1 = metric_settings(scenario)
     samples = prof.ref.size
-    block = sweep_block(samples, scenario.work)
+    block = sweep_block(samples, scenario.work, whole=custom is not None)
     cp0 = base.pack()
     h = hashlib.sha256()
     from . import __version__
@@ -329,20 +339,55 @@ def _block_inputs(plan: _Plan, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray
 def run_block(plan: _Plan, lo: int, hi: int, out: np.ndarray | None = None):
     """Simulate rows ``[lo, hi)`` of a sweep and measure them.
 
-    ``out`` is a reusable output buffer of at least ``hi - lo`` rows (allocated
-    if None). Returns ``(metrics (n, 17), diverged_at (n,), feasible (n,))``.
-    This is the function a Dask task runs.
+    ``out``, a buffer of at least ``hi - lo`` rows, receives the rows' outputs;
+    without it they are not kept. Returns ``(metrics (n, 17), diverged_at (n,),
+    feasible (n,))``. This is the function a Dask task runs.
     """
-    n = hi - lo
+    keep = out is not None
     if out is None:
-        out = np.empty((n, plan.prof.ref.size, len(K.OUT_FIELDS)))
+        out = _scratch(plan, hi - lo)
+    return _simulate_block(_block_args(plan, lo, hi, out, keep), plan.custom)
+
+
+def _piece(plan: _Plan, rows: int) -> int:
+    """Rows per piece of a block of ``rows`` rows, for numba's thread count now."""
+    workers = numba.get_num_threads()
+    return max(1, min(PIECE_ROWS, -(-rows // workers),
+                      MAX_BLOCK_SAMPLES // (workers * plan.prof.ref.size)))
+
+
+def _scratch(plan: _Plan, rows: int) -> np.ndarray:
+    """Output scratch for blocks of up to ``rows`` rows whose outputs are not kept.
+
+    The built-in kernel measures each piece of rows as soon as it has simulated
+    it, so it needs one piece per thread (at most MAX_BLOCK_SAMPLES samples in
+    all); a user law's kernel needs the whole block.
+    """
+    if plan.custom is None:
+        rows = numba.get_num_threads() * _piece(plan, rows)
+    return np.empty((rows, plan.prof.ref.size, len(K.OUT_FIELDS)))
+
+
+def _block_args(plan: _Plan, lo: int, hi: int, out: np.ndarray, keep: bool) -> tuple:
+    """Arguments of :func:`~ctrlsim.fastmetrics.rollout_metrics` for rows
+    ``[lo, hi)`` (the Python part of a block, which holds the GIL)."""
+    n = hi - lo
+    workers = numba.get_num_threads()
+    piece = _piece(plan, n) if keep else out.shape[0] // workers
     pp, cp = _block_inputs(plan, lo, hi)
-    div = np.empty(n, dtype=np.int64)
-    feas = np.empty(n, dtype=np.bool_)
-    batch = K.rollout_batch if plan.custom is None else plan.custom.kernels()[1]
-    batch(pp, cp, plan.prof, out[:n], div, feas)
-    res = np.empty((n, N_METRICS))
-    block_metrics(plan.t, out, plan.prof.ref, div, plan.i0, plan.i1, plan.t0, res)
+    return (pp, cp, plan.prof, out[:n] if keep else out, keep, np.empty(n, dtype=np.int64),
+            np.empty(n, dtype=np.bool_), plan.t, plan.i0, plan.i1, plan.t0,
+            np.empty((n, N_METRICS)), workers, piece)
+
+
+def _simulate_block(args: tuple, custom: CustomController | None):
+    """Run a block from its :func:`_block_args`: ``(metrics, diverged_at, feasible)``."""
+    pp, cp, prof, out, keep, div, feas, t, i0, i1, t0, res, _, _ = args
+    if custom is None:  # one compiled call: the worker thread takes the GIL once a block
+        rollout_metrics(*args)
+    else:  # a user law has its own batch kernel
+        custom.kernels()[1](pp, cp, prof, out, div, feas)
+        block_metrics(t, out, prof.ref, div, i0, i1, t0, res)
     return res, div, feas
 
 
@@ -356,42 +401,49 @@ def _block_rows(plan: _Plan, lo: int, hi: int, metrics: np.ndarray, div_at: np.n
     return lo, hi, values, cols, div_at[lo:hi] >= 0
 
 
-def _run_local(plan: _Plan, blocks: list[tuple[int, int]], finished,
-               fresh_buffers: bool) -> None:
-    """Run the blocks here, each block computing while the previous one's rows
-    are handed on.
+# Blocks queued ahead for the worker thread. With one, the worker slept
+# between blocks until this thread handed it the next (~10 ms a block when the
+# CSV writing kept this thread's core busy and the wake-up waited for it).
+_IN_FLIGHT = 2
 
-    The compiled kernels release the GIL, so a worker thread simulates block
-    k + 1 while this thread passes block k to ``finished(lo, hi, out, metrics,
-    diverged_at, feasible)`` (CSV, progress): on a 2-core machine, writing the
-    CSV no longer leaves a core idle. Two output buffers alternate (or a fresh
-    one per block with ``fresh_buffers``, when ``finished`` keeps them).
+
+def _run_local(plan: _Plan, blocks: list[tuple[int, int]], finished, keep: bool) -> None:
+    """Run the blocks here, the next ones computing while finished ones are handed on.
+
+    The compiled kernels release the GIL, so a worker thread simulates blocks
+    while this thread passes each finished one to ``finished(lo, hi, out,
+    metrics, diverged_at, feasible)`` (CSV, progress). The next
+    ``_IN_FLIGHT`` blocks are always queued, so the worker never waits for
+    this thread to hand it work. With ``keep`` every block gets its own output
+    array (``finished`` keeps it); without, one scratch array serves all blocks
+    (``out`` is then None).
     """
     if not blocks:
         return
-    shape = (max(hi - lo for lo, hi in blocks), plan.prof.ref.size, len(K.OUT_FIELDS))
-    n_buf = min(len(blocks), 2)
-    bufs = [np.empty(shape) for _ in range(n_buf)] if not fresh_buffers else None
+    scratch = None if keep else _scratch(plan, max(hi - lo for lo, hi in blocks))
 
-    def submit(pool, k):
-        lo, hi = blocks[k]
-        out = bufs[k % n_buf] if bufs is not None else np.empty((hi - lo,) + shape[1:])
-        return out, pool.submit(run_block, plan, lo, hi, out)
+    def submit(pool, lo, hi):
+        out = scratch if scratch is not None else np.empty(
+            (hi - lo, plan.prof.ref.size, len(K.OUT_FIELDS)))
+        # The inputs are made here: the worker then runs compiled code only.
+        job = pool.submit(_simulate_block, _block_args(plan, lo, hi, out, keep), plan.custom)
+        return None if scratch is not None else out, job
 
     # numba's thread count is per calling thread: the worker takes the caller's.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctrlsim-sweep",
                             initializer=numba.set_num_threads,
                             initargs=(numba.get_num_threads(),)) as pool:
-        out, job = submit(pool, 0)
+        jobs = deque(submit(pool, *blocks[k]) for k in range(min(_IN_FLIGHT, len(blocks))))
         try:
             for k, (lo, hi) in enumerate(blocks):
+                out, job = jobs.popleft()
                 m, d, f = job.result()
-                this = out
-                if k + 1 < len(blocks):
-                    out, job = submit(pool, k + 1)
-                finished(lo, hi, this, m, d, f)
+                if k + _IN_FLIGHT < len(blocks):
+                    jobs.append(submit(pool, *blocks[k + _IN_FLIGHT]))
+                finished(lo, hi, out, m, d, f)
         except BaseException:
-            job.cancel()  # an interrupt waits only for the block already running
+            for _, job in jobs:
+                job.cancel()  # an interrupt waits only for the block already running
             raise
 
 

@@ -66,7 +66,10 @@ def test_sweep_guard_is_exact_in_python_integers(sizes, samples, substeps):
     # A block is one compiled call: bounded work and buffer, at least one row.
     block = sweep_block(samples, work)
     assert block >= 1
-    assert block == 1 or (block * work <= MAX_CHUNK_WORK and block * samples <= MAX_BLOCK_SAMPLES)
+    assert block == 1 or block * work <= MAX_CHUNK_WORK
+    whole = sweep_block(samples, work, whole=True)  # a user law's kernel holds a block whole
+    assert 1 <= whole <= block
+    assert whole == 1 or (whole * work <= MAX_CHUNK_WORK and whole * samples <= MAX_BLOCK_SAMPLES)
 
 
 @pytest.mark.parametrize("kw", [

@@ -76,6 +76,53 @@ def test_compiled_metrics_equal_the_python_reference_on_every_key(name):
         assert kinds == {"diverged", "not settled", "ok"}
 
 
+@pytest.mark.parametrize("threads, piece", [(1, 128), (2, 128), (2, 1), (2, 5)])
+def test_metrics_kept_or_measured_piece_by_piece_are_the_same(threads, piece, monkeypatch):
+    """Without kept trajectories each thread measures its rows in scratch
+    (PIECE_ROWS rows per thread): same bits as measuring the kept outputs,
+    diverged rows included, whatever the threads and piece size."""
+    import numba
+
+    sc, grid = CASES["step"]
+    monkeypatch.setattr(S, "PIECE_ROWS", piece)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            kept = ctrlsim.sweep(sc, grid, keep_trajectories=True)
+            measured = ctrlsim.sweep(sc, grid)
+    finally:
+        numba.set_num_threads(before)
+    assert kept.diverged.any() and _same(kept, measured)
+
+
+def test_the_scratch_is_one_piece_per_thread_and_bounded():
+    """The kernel writes only its workers' pieces of the scratch, and a piece of
+    long runs shrinks so the scratch stays within MAX_BLOCK_SAMPLES samples."""
+    import numba
+
+    from ctrlsim import fastmetrics, limits
+
+    sc = ctrlsim.load_scenario("decel")
+    plan = S._make_plan(sc, ("kp",), (np.linspace(20, 200, 7),),
+                        np.array([sc.plant.pack()]), sc.resolved_controller())
+    workers, piece = 2, 3
+    scratch = np.full((workers * piece + 2, plan.prof.ref.size, 5), 7.0)
+    args = list(S._block_args(plan, 0, 7, scratch, keep=False))
+    args[-2:] = workers, piece
+    fastmetrics.rollout_metrics(*args)
+    assert np.all(scratch[workers * piece:] == 7.0)      # rows past the pieces: untouched
+    assert not np.any(scratch[:workers * piece] == 7.0)
+    long = dataclasses.replace(sc, duration=2000.0)
+    plan = S._make_plan(long, ("kp",), (np.linspace(20, 200, 7),),
+                        np.array([long.plant.pack()]), long.resolved_controller())
+    rows = S._scratch(plan, 4096).shape[0]
+    assert rows % numba.get_num_threads() == 0
+    assert rows * plan.prof.ref.size <= max(limits.MAX_BLOCK_SAMPLES,
+                                            numba.get_num_threads() * plan.prof.ref.size)
+
+
 def test_rows_are_packed_like_the_controller_and_plant_objects():
     sc = ctrlsim.load_scenario("decel")
     grid = {"alpha": [0.0, 0.3], "ki": [0.0, 2.0], "kaw": [0.0, 1.5], "mass": [20.0, 30.0],
@@ -98,8 +145,8 @@ def test_the_table_does_not_depend_on_the_block_size(monkeypatch):
     seen = []
     small = ctrlsim.sweep("decel", grid, progress=lambda d, n: seen.append(d))
     assert seen == [3, 6, 9, 12, 14] and _same(whole, small)
-    # Blocks compute while the previous one is handed on: kept trajectories
-    # must not share (and overwrite) the alternating buffers.
+    # Blocks compute while earlier ones are handed on: kept trajectories must
+    # not share (and overwrite) one buffer.
     kept = ctrlsim.sweep("decel", grid, keep_trajectories=True)
     assert _same(whole, kept)
     for i, tr in enumerate(kept.trajectories):
@@ -111,7 +158,7 @@ def test_blocks_run_on_the_callers_numba_thread_count(monkeypatch):
     import numba
 
     seen = []
-    monkeypatch.setattr(S, "run_block", lambda *a, f=S.run_block, **k:
+    monkeypatch.setattr(S, "_simulate_block", lambda *a, f=S._simulate_block, **k:
                         (seen.append(numba.get_num_threads()), f(*a, **k))[1])
     before = numba.get_num_threads()
     numba.set_num_threads(1)
@@ -153,8 +200,8 @@ def test_an_interrupted_csv_is_valid_and_resume_completes_it(tmp_path, monkeypat
     with open(part, "a") as fh:
         fh.write("1.0,60.0,Fal")
     ran = []
-    monkeypatch.setattr(S, "run_block", lambda plan, lo, hi, out=None, f=S.run_block:
-                        ran.append(lo) or f(plan, lo, hi, out))
+    monkeypatch.setattr(S, "_block_args", lambda plan, lo, hi, *a, f=S._block_args:
+                        ran.append(lo) or f(plan, lo, hi, *a))
     res = ctrlsim.sweep("decel", GRID, csv=part, resume=True)
     assert ran == [8, 12] and _same(whole, res)
     assert part.read_bytes() == (tmp_path / "whole.csv").read_bytes()
