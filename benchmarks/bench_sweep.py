@@ -2,7 +2,8 @@
 
 The sweep: a 20 s robot scenario at 10 ms with 5 RK4 substeps (2001 samples,
 ~1e4 substeps a run), ``kp`` x ``ki`` = 400 x 250 points, i.e. 1e9 RK4
-substeps, written to a CSV block by block. Each configuration runs
+substeps, written to a CSV block by block (and, for the 1 -> 2 thread ratio,
+also without ``--csv``: the table only). Each configuration runs
 ``ctrlsim sweep`` in a fresh child process (table to /dev/null) with a warm
 numba cache, pinned to as many CPUs as it has threads; peak memory is the
 child's maximum resident set (``wait4``).
@@ -49,28 +50,33 @@ def grid(points: int) -> list[str]:
     return ["--param", f"kp=20:200:{n_kp}", "--param", f"ki=0:50:{n_ki}"]
 
 
-def run(folder: Path, points: int, threads: int) -> dict:
+def run(folder: Path, points: int, threads: int, csv: bool = True) -> dict:
     env = {**os.environ, "NUMBA_NUM_THREADS": str(threads)}
     # The child may use only ``threads`` CPUs: with 1, the CSV writing that
     # overlaps the compiled blocks shares their core, so "1 thread" is the
     # program on one core and the ratio is what a second core buys.
     cpus = sorted(os.sched_getaffinity(0))[:threads]
-    csv = folder / f"sweep-{points}-{threads}.csv"
+    csv_file = folder / f"sweep-{points}-{threads}.csv"
+    table = folder / f"table-{points}-{threads}.txt"
     cmd = [sys.executable, "-m", "ctrlsim", "sweep", str(folder / "bench.toml"),
-           *grid(points), "--csv", str(csv)]
+           *grid(points)] + (["--csv", str(csv_file)] if csv else [])
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+    with open(table, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.PIPE,
+                                preexec_fn=lambda: os.sched_setaffinity(0, cpus))
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     err = proc.stderr.read().decode()
     proc.stderr.close()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{err}")
-    rows = csv.read_text().count("\n") - 1
-    csv.unlink()
+    # Table: a title, a header and a rule above the rows.
+    rows = (csv_file.read_text().count("\n") - 1 if csv
+            else table.read_text().count("\n") - 3)
+    csv_file.unlink(missing_ok=True)
+    table.unlink()
     return {"points": points, "threads": threads, "wall": wall, "rows": rows,
-            "rss_mb": usage.ru_maxrss / 1024}
+            "rss_mb": usage.ru_maxrss / 1024, "csv": csv}
 
 
 def main() -> None:
@@ -87,14 +93,17 @@ def main() -> None:
         run(folder, 250, threads[0])  # warm the numba cache
         # Interleaved, best of ``--repeat`` per thread count: a slow spell of the
         # shared machine then hits both.
-        runs = [run(folder, args.points, t) for _ in range(args.repeat) for t in threads]
-        results = [min((r for r in runs if r["threads"] == t), key=lambda r: r["wall"])
-                   for t in threads]
+        runs = [run(folder, args.points, t, csv) for _ in range(args.repeat)
+                for csv in (True, False) for t in threads]
+        best = {(t, csv): min((r for r in runs if (r["threads"], r["csv"]) == (t, csv)),
+                              key=lambda r: r["wall"]) for t in threads for csv in (True, False)}
+        results = [best[t, True] for t in threads]
         small = run(folder, max(args.points // 10, 250), threads[0])
     print(f"### Sweep through the CLI: {args.points:,} points, 20 s robot scenario, "
           "10 ms, 5 substeps\n")
-    print("All runs, s: " + ", ".join(f"{r['threads']} thr {r['wall']:.1f}" for r in runs)
-          + f" (best of {args.repeat} below)\n")
+    print("All runs with --csv, s: " + ", ".join(
+        f"{r['threads']} thr {r['wall']:.1f}" for r in runs if r["csv"])
+        + f" (best of {args.repeat} below)\n")
     print("| points | NUMBA_NUM_THREADS (= CPUs) | wall [s] | runs/s | M substeps/s | "
           "peak RSS [MB] |")
     print("|---:|---:|---:|---:|---:|---:|")
@@ -103,9 +112,16 @@ def main() -> None:
         print(f"| {r['points']:,} | {r['threads']} | {r['wall']:.1f} | "
               f"{r['points'] / r['wall']:,.0f} | "
               f"{r['points'] * substeps_per_run / r['wall'] / 1e6:.1f} | {r['rss_mb']:.0f} |")
-    by = {r["threads"]: r["wall"] for r in results}
-    if 1 in by and 2 in by:
-        print(f"\n1 -> 2 threads (1 -> 2 CPUs): {by[1] / by[2]:.2f}x")
+    for r in best.values():
+        assert r["rows"] == r["points"], r
+    if 1 in threads and 2 in threads:
+        ratio = best[1, True]["wall"] / best[2, True]["wall"]
+        print(f"\n1 -> 2 threads (1 -> 2 CPUs): {ratio:.2f}x with --csv")
+        print(f"1 -> 2 threads without --csv (table only): {best[1, False]['wall']:.1f} s -> "
+              f"{best[2, False]['wall']:.1f} s, "
+              f"{best[1, False]['wall'] / best[2, False]['wall']:.2f}x (all runs: "
+              + ", ".join(f"{r['threads']} thr {r['wall']:.1f}" for r in runs if not r["csv"])
+              + ")")
     print(f"Peak memory, {small['points']:,} vs {args.points:,} points: "
           f"{small['rss_mb']:.0f} vs {results[0]['rss_mb']:.0f} MB")
 
