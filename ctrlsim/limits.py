@@ -5,7 +5,7 @@ weighted up for many events and grade breakpoints (the kernel scans them at
 every RK4 stage). Sizes are Python integers, so a grid of 65536**4 points is
 2**64, not 0.
 
-Measured on the project's 2-core machine: ~25 M substeps/s for one run, and
+Measured on the project's 2-core machine: ~15 M substeps/s for one run, and
 ~100 M/s for a sweep (lockstep batch kernel on both cores), with a few
 microseconds of Python per sweep row. A sweep runs in blocks of at most
 :data:`MAX_CHUNK_WORK` substeps (Ctrl-C is seen between blocks, and an
