@@ -8,6 +8,9 @@
    ``kernels.step_batch`` with one block, the plant (``advance_batch``) and
    observations/rewards (``_env_finish``), each in its own njit loop; then
    ``step_batch`` with one block per core on 2 threads.
+3. The sweep's compiled part alone: five 4096-row blocks of the benchmark
+   sweep (``bench_sweep.py``) through ``fastmetrics.rollout_metrics``, in
+   this process, on 1 and on 2 threads (no start-up, CSV or table).
 
 Single-thread figures move little on the shared machine; use them to compare
 kernel changes one after the other. Run: ``python benchmarks/probe_kernels.py``
@@ -23,7 +26,7 @@ import numpy as np
 from bench_batch_vs_c import make_workload
 from numba import njit
 
-import ctrlsim  # noqa: F401  (registers the env)
+import ctrlsim  # registers the env
 from ctrlsim import kernels as K
 
 ROWS, PERIODS, REPEATS = 256, 400, 7
@@ -112,7 +115,40 @@ def env_step(n: int = 4096, reps: int = 200) -> None:
     venv.close()
 
 
+def sweep_blocks(blocks: int = 5) -> None:
+    import importlib
+    import tempfile
+    from pathlib import Path
+
+    from bench_sweep import SCENARIO
+
+    S = importlib.import_module("ctrlsim.sweep")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "bench.toml").write_text(SCENARIO)
+        sc = ctrlsim.load_scenario(Path(tmp) / "bench.toml")
+    axes = (np.linspace(20.0, 200.0, 400), np.linspace(0.0, 50.0, 250))
+    plan = S._make_plan(sc, ("kp", "ki"), axes, np.array([sc.plant.pack()]),
+                        sc.resolved_controller())
+    times = {}
+    for threads in (2, 1, 2, 1, 2, 1):
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        out = S._scratch(plan, plan.block)
+        t0 = time.perf_counter()
+        for lo in range(0, blocks * plan.block, plan.block):
+            S._simulate_block(S._block_args(plan, lo, lo + plan.block, out, False), None)
+        times.setdefault(threads, []).append(time.perf_counter() - t0)
+    numba.set_num_threads(1)
+    print(f"\nsweep blocks alone: {blocks} x {plan.block} rows of bench_sweep.py's sweep "
+          "(rollout_metrics, in process; best of 3, the first includes the cache load)\n")
+    print("| threads | best s | all runs s |")
+    print("|---:|---:|---|")
+    for threads, ts in times.items():
+        print(f"| {threads} | {min(ts):.3f} | {' '.join(f'{t:.3f}' for t in ts)} |")
+    print(f"\n1 -> 2 threads: {min(times[1]) / min(times[2]):.2f}x")
+
+
 if __name__ == "__main__":
     numba.set_num_threads(1)
     advance()
     env_step()
+    sweep_blocks()

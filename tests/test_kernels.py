@@ -181,16 +181,20 @@ def test_advance_batch_equals_plant_interval():
 
 def test_kernels_load_from_the_disk_cache_in_a_fresh_process(tmp_path):
     # First process compiles and writes the cache; the second must load every
-    # kernel it runs (simulate of a PID law and the parallel batch) without compiling.
+    # kernel it runs (simulate of a PID law, the parallel batch, and the sweep's
+    # block kernel) without compiling.
     code = textwrap.dedent("""
         import numpy as np, ctrlsim
-        from ctrlsim import kernels as K
+        from ctrlsim import fastmetrics, kernels as K
         sc = ctrlsim.load_scenario("decel")
         ctrlsim.simulate(sc)
         ctrlsim.sweep(sc, {"alpha": np.linspace(0, 1, 3)})
-        stats = {name: getattr(K, name).stats for name in ("rollout_pid", "rollout_batch")}
-        print(sum(len(s.cache_misses) for s in stats.values()),
-              sum(sum(s.cache_hits.values()) for s in stats.values()))
+        prof, pp, cp = sc.pack(), sc.plant.pack()[None], sc.resolved_controller().pack()[None]
+        K.rollout_batch(pp, cp, prof, np.empty((1, prof.ref.size, 5)), np.empty(1, np.int64),
+                        np.empty(1, np.bool_))
+        stats = [K.rollout_pid.stats, K.rollout_batch.stats, fastmetrics.rollout_metrics.stats]
+        print(sum(len(s.cache_misses) for s in stats),
+              sum(sum(s.cache_hits.values()) for s in stats))
     """)
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     run = lambda: subprocess.run([sys.executable, "-c", code], env=env, check=True,  # noqa: E731
@@ -198,7 +202,7 @@ def test_kernels_load_from_the_disk_cache_in_a_fresh_process(tmp_path):
     first_misses, _ = run()
     misses, hits = run()
     assert int(first_misses) > 0
-    assert (int(misses), int(hits)) == (0, 2)
+    assert (int(misses), int(hits)) == (0, 3)
 
 
 def test_batch_mixing_robot_and_car_rows_equals_single_runs():
