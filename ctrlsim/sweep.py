@@ -385,8 +385,8 @@ def _simulate_block(args: tuple, custom: CustomController | None):
     pp, cp, prof, out, keep, div, feas, t, i0, i1, t0, res, _, _ = args
     if custom is None:  # one compiled call: the worker thread takes the GIL once a block
         rollout_metrics(*args)
-    else:  # a user law has its own batch kernel
-        custom.kernels()[1](pp, cp, prof, out, div, feas)
+    else:  # a user law has its own batch kernel, on the whole block
+        custom.kernels()[1](pp, cp, prof, out[:pp.shape[0]], div, feas)
         block_metrics(t, out, prof.ref, div, i0, i1, t0, res)
     return res, div, feas
 

@@ -370,7 +370,7 @@ def test_rk4_speed_error_converges_and_the_defaults_stay_below_1e6():
     assert max(robot[4], robot[10], car[2]) < 1e-6 and max(car.values()) < 1e-9, errs
 
 
-def test_a_custom_law_sweeps_over_plant_fields_like_single_runs():
+def test_a_custom_law_sweeps_over_plant_fields_like_single_runs(monkeypatch):
     from numba import njit
 
     @njit
@@ -379,8 +379,11 @@ def test_a_custom_law_sweeps_over_plant_fields_like_single_runs():
 
     ctl = ctrlsim.CustomController(law)
     sc = Scenario(reference=Reference([(0.5, 2.0)]), duration=4.0, initial_speed=1.0)
-    res = ctrlsim.sweep(sc, {"mass": [20.0, 30.0]}, controller=ctl)
-    for i, mass in enumerate((20.0, 30.0)):
+    # Blocks of 2, 2 and 1 rows: the last, shorter block reuses the whole-block scratch.
+    monkeypatch.setattr("ctrlsim.limits.MAX_BLOCK_ROWS", 2)
+    masses = [20.0, 30.0, 25.0, 35.0, 40.0]
+    res = ctrlsim.sweep(sc, {"mass": masses}, controller=ctl)
+    for i, mass in enumerate(masses):
         one = ctrlsim.simulate(dataclasses.replace(sc, plant=make_plant("robot", mass=mass)),
                                ctl).metrics()
         assert all(_close(one[k], res.metrics[k][i]) for k in METRIC_KEYS)
