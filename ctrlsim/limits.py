@@ -33,7 +33,7 @@ MAX_SUBSTEPS = 10_000
 # One run: ~1 s on one core. The compiled kernel cannot be interrupted, so any
 # accepted run must finish quickly; Ctrl-C is then seen between runs.
 MAX_RUN_WORK = 5_000_000
-# One block of sweep rows (one compiled call): ~0.3-0.6 s on one core, the
+# One block of sweep rows (one compiled call): ~0.7 s on one core, the
 # longest a sweep ignores Ctrl-C. Blocks are sized to it (at least one row;
 # one run is itself capped by MAX_RUN_WORK). Large blocks leave the threads
 # many pieces to share, so they finish each call close together.
