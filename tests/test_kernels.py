@@ -36,6 +36,59 @@ def test_branch_free_tanh_is_within_a_few_ulp_of_libm():
 
 
 @njit
+def _saturated_each(v):
+    # K._saturated of each value alone, and the sign function with the flag it gives.
+    sat, sign = np.empty(v.size, np.bool_), np.empty_like(v)
+    for i in range(v.size):
+        sat[i] = K._saturated(v[i:i + 1])
+        sign[i] = K._sign(v[i], True) if sat[i] else K._sign(v[i], False)
+    return sat, sign
+
+
+def test_the_saturated_sign_function_is_the_tanh_it_skips():
+    # Speeds on both sides of the bound (|v| = 1.91 m/s), down to single ulps.
+    edge = 1.91 + np.arange(-2000, 2001) * np.spacing(1.91)
+    v = np.concatenate([edge, -edge, np.linspace(-30, 30, 20_001), [0.0, np.inf, -np.inf]])
+    sat, sign = _saturated_each(v)
+    assert np.array_equal(sign, _tanh_many(v * K._INV_V_ROLL))
+    assert sat.any() and not sat.all()
+    assert np.all(np.abs(sign[sat]) == 1.0)
+    assert not K._saturated(np.array([3.0, np.nan, 3.0]))   # NaN takes the full path
+    assert K._saturated(np.array([3.0, -2.5, 40.0]))
+    assert not K._saturated(np.array([3.0, 1.0, 40.0]))
+
+
+_HILLS = Road(((0.0, 0.0), (8.0, 1.0), (20.0, -1.0), (30.0, 0.5)))
+
+
+@pytest.mark.parametrize("preset, road", [("robot", Road()), ("robot", _HILLS),
+                                           ("car", Road()), ("car", _HILLS)],
+                         ids=["robot-flat", "robot-hills", "car-flat", "car-hills"])
+def test_batch_equals_single_when_whole_tiles_pass_the_sign_functions_saturation(
+        preset, road):
+    # Set speeds above and below 1.91 m/s: periods in which every row of the
+    # batch is past saturation (the loops skip tanh) alternate with periods in
+    # which some or all are not. Flat road: held-input loops; hills: stage by stage.
+    ref = [(0.0, 3.0), (4.0, 1.0), (8.0, 2.5)]
+    sc = Scenario(reference=Reference(ref), duration=12.0, control_period=0.02, substeps=3,
+                  initial_speed=1.0, plant=make_plant(preset), road=road)
+    specs = ("relu", "leaky:0.2", "linear", "leaky:0.5,kp=2")
+    ctls = [ctrlsim.controller(s).resolve(None, preset) for s in specs]
+    pp = np.array([sc.plant.with_(mass=sc.plant.mass * k).pack() for k in (0.8, 1.0, 1.1, 1.3)])
+    prof, cp = sc.pack(), pack_controllers(ctls)
+    out = np.empty((len(specs), prof.ref.size, 5))
+    div, feas = np.empty(len(specs), np.int64), np.empty(len(specs), np.bool_)
+    K.rollout_batch(pp, cp, prof, out, div, feas)
+    assert (div < 0).all()
+    slowest = np.abs(out[:, :, 1]).min(axis=0)
+    assert (slowest > 1.95).any() and (slowest < 1.85).any()   # both paths ran
+    for i in range(len(specs)):
+        single = np.empty((prof.ref.size, 5))
+        K.rollout(pp[i], cp[i], prof, single)
+        assert np.array_equal(single, out[i]), i
+
+
+@njit
 def _sincos_many(x):
     sn, cs = np.empty_like(x), np.empty_like(x)
     for i in range(x.size):
