@@ -132,6 +132,7 @@ def _cmd_run(args) -> int:
     sc = load_scenario(args.scenario)
     ctl = parse_controller(args.controller) if args.controller else None
     targets = _check_outputs(args, sc, "run")
+    _compile_notice("simulation")
     tr = simulate(sc, ctl)
     spec = args.controller or tr.controller.spec
     if args.csv:
@@ -145,6 +146,7 @@ def _cmd_compare(args) -> int:
     specs = args.controller or list(DEFAULT_COMPARISON)
     ctls = [parse_controller(s) for s in specs]
     targets = _check_outputs(args, sc, "compare")
+    _compile_notice("simulation")
     trs = [simulate(sc, c) for c in ctls]
     _report(sc, specs, trs, args, targets)
     return 0
@@ -173,6 +175,8 @@ def _cmd_sweep(args) -> int:
         raise UsageError("--resume continues the file given with --csv; give --csv FILE",
                          key="--resume")
     total = math.prod(len(v) for v in params.values())  # Python ints: never wraps
+    if args.scheduler is None:  # on a cluster the workers compile
+        _compile_notice("sweep")
     bars = []  # started at the first finished block: loading the kernels does not count
 
     def progress(done: int, n: int) -> None:
@@ -594,6 +598,32 @@ def _write_trajectory_csv(tr: Trajectory, target: Path) -> None:
         writer = csv.writer(fh)
         writer.writerow(cols)
         writer.writerows(zip(*(c.tolist() for c in cols.values())))
+
+
+# What each command compiles on first use, and roughly how long that takes here.
+_FIRST_COMPILE = {"simulation": ("rollout_pid", "~10 s"), "sweep": ("rollout_metrics", "~1 min")}
+
+
+def _compile_notice(job: str) -> None:
+    """Say on stderr that the ``job``'s kernel is about to be compiled, when
+    numba's disk cache does not hold it (first use after installing or
+    upgrading): otherwise the command would sit silent for up to a minute."""
+    from . import fastmetrics, kernels
+
+    name, took = _FIRST_COMPILE[job]
+    kernel = getattr(kernels, name, None) or getattr(fastmetrics, name)
+    if not _cached(kernel):
+        print(f"ctrlsim: compiling the {job} kernel (first use after installing or "
+              f"upgrading, {took}; cached for later runs)", file=sys.stderr, flush=True)
+
+
+def _cached(kernel) -> bool:
+    """Whether numba's disk cache has an entry for the dispatcher ``kernel``
+    (True when it cannot tell: a missing notice is better than a wrong one)."""
+    try:
+        return bool(kernel._cache._cache_file._load_index())
+    except Exception:  # numba internals: another version may lay them out otherwise
+        return True
 
 
 def _progress(total: int):

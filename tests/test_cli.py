@@ -143,3 +143,27 @@ def test_cycle_scenario_table_has_dashes_for_step_metrics():
     row = out.stdout.strip().splitlines()[-1]
     assert "-" in row.split() and "not settled" not in row
     assert not math.isnan(float(row.split()[-3]))  # max |e| is always measured
+
+
+def test_first_compile_is_announced_on_stderr_only_when_the_cache_is_cold(monkeypatch, capsys,
+                                                                          tmp_path):
+    from ctrlsim import cli, kernels
+
+    for cached, told in ((False, True), (True, False)):
+        monkeypatch.setattr(cli, "_cached", lambda kernel, c=cached: c)
+        for argv in (["compare", "decel", "-c", "relu"],
+                     ["sweep", "decel", "--param", "alpha=0:1:2"]):
+            assert cli.main(argv) == 0
+            out, err = capsys.readouterr()
+            assert ("compiling the" in err) == told, argv
+            assert "compiling" not in out and "decel" in out
+    monkeypatch.undo()
+    # The cache check itself: the kernel compare just ran is on disk; a
+    # never-compiled cached function is not.
+    assert cli._cached(kernels.rollout_pid)
+    (tmp_path / "never_compiled.py").write_text(
+        "from numba import njit\n\n@njit(cache=True)\ndef f(x):\n    return x + 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import never_compiled
+
+    assert not cli._cached(never_compiled.f)
