@@ -787,14 +787,27 @@ def _road_pass(x_of, sp, t, seg, sn, cs, gx, gth, r0, r1):
     ``seg`` (4, nb) caches each vehicle's road piece (lo, hi, theta_lo,
     slope); ``sn``/``cs`` receive sin/cos of the grade. Without ``x_of``
     every vehicle is looked up at the time ``t`` instead.
+
+    ``sn``/``cs`` always hold the sin/cos of each vehicle's cached piece at
+    its last lookup (the only other writers, :func:`preset_grade` and
+    :func:`_advance_group`, keep them with the pieces). So when no vehicle
+    changed piece and every piece has a constant grade, they are already
+    right and the sin/cos loop is skipped: the common case on real roads,
+    which are mostly constant grades joined by short ramps.
     """
     lo, hi, th_lo, slope = seg[0], seg[1], seg[2], seg[3]
     # The lookups (rare: a vehicle left its piece) in one scalar loop, so the
     # grade loop below has no branches and vectorises.
+    stale = False
     for i in range(r0, r1):
         x = sp[i] if x_of else t
         if not (lo[i] <= x < hi[i]):
             lo[i], hi[i], th_lo[i], slope[i] = road_segment(x, gx, gth)
+            stale = True
+        elif slope[i] != 0.0:
+            stale = True
+    if not stale:
+        return
     if x_of:
         for i in range(r0, r1):
             sn[i], cs[i] = _sincos(_theta(sp[i], lo[i], th_lo[i], slope[i]))
