@@ -70,12 +70,6 @@ def _best(fn) -> float:
     return min(times)
 
 
-def _holding_force(pp: np.ndarray, v: float) -> float:
-    """The robot's resistance at speed ``v`` on a flat road (its steady force)."""
-    m, g, cr = pp[K.P_MASS], pp[K.P_G], pp[K.P_CR]
-    return cr * m * g * np.tanh(v / K.V_ROLL) + pp[K.P_DLIN] * v + pp[K.P_DQUAD] * v * v
-
-
 def advance() -> None:
     from ctrlsim import Road
 
@@ -86,7 +80,8 @@ def advance() -> None:
     # that holds it: past 1.91 m/s the loops skip the sign function (tanh = +-1).
     cases = {"hilly road": (hilly, 1.0, 5.0), "flat road": (flat, 1.0, 5.0),
              "flat road, no events": (flat._replace(events=np.empty((0, 4))), 1.0, 5.0),
-             "flat road, 3 m/s (tanh saturated)": (flat, 3.0, _holding_force(pp[0], 3.0))}
+             "flat road, 3 m/s (tanh saturated)":
+                 (flat, 3.0, K.equilibrium_command(3.0, pp[0], flat)[0])}
     print(f"advance_batch, 1 thread, {ROWS} robots x {PERIODS} periods x 5 substeps\n")
     print("| road | best ms | M RK4 substeps/s |")
     print("|---|---:|---:|")

@@ -600,18 +600,15 @@ def _write_trajectory_csv(tr: Trajectory, target: Path) -> None:
         writer.writerows(zip(*(c.tolist() for c in cols.values())))
 
 
-# What each command compiles on first use, and roughly how long that takes here.
-_FIRST_COMPILE = {"simulation": ("rollout_pid", "~10 s"), "sweep": ("rollout_metrics", "~1 min")}
-
-
 def _compile_notice(job: str) -> None:
     """Say on stderr that the ``job``'s kernel is about to be compiled, when
     numba's disk cache does not hold it (first use after installing or
     upgrading): otherwise the command would sit silent for up to a minute."""
     from . import fastmetrics, kernels
 
-    name, took = _FIRST_COMPILE[job]
-    kernel = getattr(kernels, name, None) or getattr(fastmetrics, name)
+    # The kernel each job compiles first, and roughly how long that takes here.
+    kernel, took = {"simulation": (kernels.rollout_pid, "~10 s"),
+                    "sweep": (fastmetrics.rollout_metrics, "~1 min")}[job]
     if not _cached(kernel):
         print(f"ctrlsim: compiling the {job} kernel (first use after installing or "
               f"upgrading, {took}; cached for later runs)", file=sys.stderr, flush=True)

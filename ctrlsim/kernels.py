@@ -844,17 +844,18 @@ def _stage_rows(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau, mass,
     carries no engine arithmetic), without the sign function if every
     vehicle's stage speed is past saturation (:func:`_sign`)."""
     if car:
-        _stage_car(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau, mass, inv_m,
-                   f_ext, g, cr, dlin, dquad, tau, gr, tmax, wmax, beta, brake, True)
+        _stage_pick(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau, mass, inv_m,
+                    f_ext, g, cr, dlin, dquad, tau, gr, tmax, wmax, beta, brake, True)
     else:
-        _stage_car(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau, mass, inv_m,
-                   f_ext, g, cr, dlin, dquad, tau, gr, tmax, wmax, beta, brake, False)
+        _stage_pick(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau, mass, inv_m,
+                    f_ext, g, cr, dlin, dquad, tau, gr, tmax, wmax, beta, brake, False)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _stage_car(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau, mass, inv_m,
-               f_ext, g, cr, dlin, dquad, tau, gr, tmax, wmax, beta, brake, car):
-    """:func:`_stage_rows` for one value of ``car``."""
+def _stage_pick(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau, mass, inv_m,
+                f_ext, g, cr, dlin, dquad, tau, gr, tmax, wmax, beta, brake, car):
+    """:func:`_stage_rows` for one value of ``car``: the copy of the stage loop
+    without the sign function if every stage speed is past saturation."""
     if _saturated(sv):
         _stage_loop(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau, mass, inv_m,
                     f_ext, g, cr, dlin, dquad, tau, gr, tmax, wmax, beta, brake, car, True)
