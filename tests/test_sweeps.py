@@ -240,6 +240,14 @@ def test_cli_sweep_table_widths_from_the_streamed_blocks_equal_two_passes(tmp_pa
         "force_min = -1e9\nforce_max = 1e9\nactuator_tau = 0.5\n"
         "[reference]\nsteps = [[0.5, 2.0]]\n")
     monkeypatch.setattr("ctrlsim.limits.MAX_BLOCK_ROWS", 4)
+    made = []
+
+    class Spy(cli._SweepTable):
+        def __init__(self, names):
+            super().__init__(names)
+            made.append(self)
+
+    monkeypatch.setattr(cli, "_SweepTable", Spy)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert cli.main(["sweep", str(tmp_path / "lag.toml"), "--param", "kp=20,60,1e5",
@@ -249,6 +257,12 @@ def test_cli_sweep_table_widths_from_the_streamed_blocks_equal_two_passes(tmp_pa
     table = capsys.readouterr().out.splitlines()[1:]
     assert res.diverged[4:].any() and not res.diverged[:4].any()
     assert table == list(cli._sweep_table_lines(res, ["kp", "kd"]))
+    # Rendered while the sweep ran: rows 0-4 again (the last block widened the
+    # status column), rows 4-6 copied as rendered.
+    assert [p[:2] for p in made[0].parts] == [(0, 4), (4, 6)] and made[0].copied == 1
+    # Rows that never passed through on_block are measured and rendered at the end.
+    unseen = cli._SweepTable(["kp", "kd"])
+    assert "\n".join(unseen.lines(res)).split("\n") == table and unseen.copied == 0
 
 
 def test_resume_refuses_another_sweeps_csv(tmp_path, monkeypatch):
