@@ -403,3 +403,28 @@ def test_a_custom_law_sweeps_over_plant_fields_like_single_runs(monkeypatch):
         assert all(_close(one[k], res.metrics[k][i]) for k in METRIC_KEYS)
     with pytest.raises(ValueError, match="custom controller"):
         ctrlsim.sweep(sc, {"kp": [1.0]}, controller=ctl)
+
+
+def test_csv_rows_keep_every_value_in_the_shortest_digits():
+    from decimal import Decimal
+
+    from ctrlsim.sweep import _csv_rows
+
+    rng = np.random.default_rng(3)
+    m = rng.standard_normal((300, 17)) * 10.0 ** rng.integers(-300, 300, (300, 17))
+    special = [np.nan, np.inf, -np.inf, -0.0, 5e-324, 1e-5, 1e16, 0.1]
+    m.flat[rng.choice(m.size, 400, replace=False)] = rng.choice(special, 400)
+    params = [rng.uniform(-5, 5, 300), np.arange(300.0)]
+    div = rng.random(300) < 0.3
+    rows = [line.split(",") for line in _csv_rows(params, div, m).split("\n")]
+    assert len(rows) == 300 and {len(r) for r in rows} == {20}
+    for i, row in enumerate(rows):
+        assert [float(x) for x in row[:2]] == [params[0][i], params[1][i]]
+        assert row[2] == str(bool(div[i]))
+        for token, x in zip(row[3:], m[i].tolist()):
+            if x != x or abs(x) == np.inf:
+                assert token == repr(x)  # nan, inf, -inf as Python writes them
+            else:  # the value back bit for bit, in the digits of Python's repr
+                assert float(token) == x and str(float(token)) == repr(x)
+                assert Decimal(token) == Decimal(repr(x))
+    assert _csv_rows([np.empty(0)], np.empty(0, bool), np.empty((0, 17))) == ""
