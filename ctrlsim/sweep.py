@@ -522,17 +522,23 @@ def _csv_rows(params: list[np.ndarray], diverged: np.ndarray, metrics: np.ndarra
     ``1e-05``), and it writes non-finite floats as ``null``: those are put back
     as ``nan``, ``inf``, ``-inf``, in order.
     """
-    rows = [[*row, d, *m] for row, d, m in
-            zip(zip(*(p.tolist() for p in params)), diverged.tolist(), metrics.tolist())]
+    if not diverged.size:
+        return ""
+    lead, tail = (_csv_floats(np.column_stack(params)), _csv_floats(metrics))
+    flags = ["True" if d else "False" for d in diverged.tolist()]
+    return "\n".join(map(",".join, zip(lead, flags, tail)))
+
+
+def _csv_floats(x: np.ndarray) -> list[str]:
+    """The rows of the 2-D float array ``x`` as CSV lines (see :func:`_csv_rows`)."""
     # A JSON array of arrays laid out as CSV: no token contains a comma or bracket.
-    text = orjson.dumps(rows).decode()[2:-2].replace("],[", "\n")
-    text = text.replace("true", "True").replace("false", "False")
-    values = np.column_stack([*params, diverged, metrics]) if rows else np.empty(0)
-    bad = values[~np.isfinite(values)].tolist()  # row by row, as the nulls appear
+    text = orjson.dumps(np.ascontiguousarray(x, dtype=np.float64),
+                        option=orjson.OPT_SERIALIZE_NUMPY).decode()[2:-2]
+    bad = x[~np.isfinite(x)].tolist()  # row by row, as the nulls appear
     if bad:
-        tokens = ["nan" if x != x else ("inf" if x > 0 else "-inf") for x in bad]
+        tokens = ["nan" if v != v else ("inf" if v > 0 else "-inf") for v in bad]
         text = "".join(itertools.chain.from_iterable(zip(text.split("null"), tokens + [""])))
-    return text
+    return text.split("],[")
 
 
 class _CsvSink:
