@@ -212,7 +212,6 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
-
 def _sweep_report(sc, ctl, res, args, targets: dict, metrics: list[str],
                   table: _SweepTable, total: int) -> None:
     """Write the sweep's plot, then print its table (or JSON), streamed row by
@@ -236,6 +235,7 @@ def _sweep_report(sc, ctl, res, args, targets: dict, metrics: list[str],
         _out(f"{_line(sc.name)}: sweep of {', '.join(res.names)} ({total} runs)")
         for text in table.lines(res):
             _out(text)
+
 
 def _cmd_analyze(args) -> int:
     from .analysis import analyze, nyquist_figure
@@ -513,6 +513,11 @@ def _sweep_columns(names, values, metrics, diverged, chunk: int = 4096, start: i
         yield cols
 
 
+def _widen(widths: list[int], cols: list[list[str]]) -> list[int]:
+    """Column widths that also fit the cells ``cols`` (a list of columns)."""
+    return [max(w, max(map(len, c), default=0)) for w, c in zip(widths, cols)]
+
+
 def _sweep_headers(names) -> list[str]:
     return list(names) + [h for _, h, _ in _COLUMNS] + ["status"]
 
@@ -548,8 +553,7 @@ class _SweepTable:
     def __call__(self, lo, hi, values, metrics, diverged) -> None:
         chunks = list(_sweep_columns(list(values), values, metrics, diverged))
         for cols in chunks:
-            self.widths = [max(w, max(map(len, c), default=0))
-                           for w, c in zip(self.widths, cols)]
+            self.widths = _widen(self.widths, cols)
         template = _template(self.widths, self.n_lead)
         text = "\n".join(template.format(*r).rstrip() for cols in chunks for r in zip(*cols))
         if self.spool is None:
@@ -566,8 +570,7 @@ class _SweepTable:
         for lo, hi, *_ in ends:  # rows no block brought (none if all passed through)
             for cols in _sweep_columns(res.names, res.values, res.metrics, res.diverged,
                                        start=done, stop=lo):
-                self.widths = [max(w, max(map(len, c), default=0))
-                               for w, c in zip(self.widths, cols)]
+                self.widths = _widen(self.widths, cols)
             done = max(done, hi)
         template = _template(self.widths, self.n_lead)
         yield template.format(*self.headers).rstrip()
@@ -596,13 +599,13 @@ class _SweepTable:
 
 
 def _sweep_table_lines(res, headers: list[str]):
-    """:func:`_table_lines` of a sweep, streamed (a 100 000-row table is not held
-    in memory): a pass for the column widths, then one for the lines."""
+    """:func:`_table_lines` of a sweep in two passes over the result (widths,
+    then lines): what :class:`_SweepTable` must print (the tests' reference)."""
     def cells():
         return _sweep_columns(res.names, res.values, res.metrics, res.diverged)
     widths = [0] * (len(res.names) + len(_COLUMNS) + 1)
     for cols in cells():
-        widths = [max(w, max(map(len, c), default=0)) for w, c in zip(widths, cols)]
+        widths = _widen(widths, cols)
     rows = lambda: (r for cols in cells() for r in zip(*cols))  # noqa: E731
     return _table_lines(rows, headers, widths)
 
