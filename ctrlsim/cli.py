@@ -546,21 +546,24 @@ class _SweepTable:
         self.headers = _sweep_headers(names)
         self.n_lead = len(names)
         self.widths = [len(h) for h in self.headers]
-        self.parts: list[tuple[int, int, list[int], int, int]] = []  # lo, hi, widths, bytes
+        # Rendered chunks of rows: lo, hi, the widths used, where the text is in the spool.
+        self.parts: list[tuple[int, int, list[int], int, int]] = []
         self.spool = None
-        self.copied = 0     # blocks taken from the spool by lines() (for the tests)
+        self.copied = 0     # chunks taken from the spool by lines() (for the tests)
 
     def __call__(self, lo, hi, values, metrics, diverged) -> None:
-        chunks = list(_sweep_columns(list(values), values, metrics, diverged))
-        for cols in chunks:
-            self.widths = _widen(self.widths, cols)
-        template = _template(self.widths, self.n_lead)
-        text = "\n".join(template.format(*r).rstrip() for cols in chunks for r in zip(*cols))
         if self.spool is None:
             self.spool = tempfile.TemporaryFile()
-        start = self.spool.tell()
-        self.spool.write(text.encode())
-        self.parts.append((lo, hi, list(self.widths), start, self.spool.tell()))
+        # A chunk of rows at a time (a resume hands over all rows read back at once).
+        for cols in _sweep_columns(list(values), values, metrics, diverged):
+            self.widths = _widen(self.widths, cols)
+            template = _template(self.widths, self.n_lead)
+            start = self.spool.tell()
+            self.spool.write("\n".join(template.format(*r).rstrip()
+                                       for r in zip(*cols)).encode())
+            self.parts.append((lo, lo + len(cols[0]), list(self.widths), start,
+                               self.spool.tell()))
+            lo += len(cols[0])
 
     def lines(self, res):
         """The table's lines (header, rule, rows) of the result ``res``, as

@@ -428,3 +428,26 @@ def test_csv_rows_keep_every_value_in_the_shortest_digits():
                 assert float(token) == x and str(float(token)) == repr(x)
                 assert Decimal(token) == Decimal(repr(x))
     assert _csv_rows([np.empty(0)], np.empty(0, bool), np.empty((0, 17))) == ""
+
+
+def test_sweep_table_renders_a_large_range_a_chunk_at_a_time():
+    # A resume hands on_block every row read back from the CSV at once: the table
+    # renders them in chunks (flat memory) and still equals two passes.
+    from types import SimpleNamespace
+
+    from ctrlsim import cli
+
+    n = 10_000
+    rng = np.random.default_rng(5)
+    metrics = {k: rng.uniform(0, 10, n) for k in METRIC_KEYS}
+    metrics["settling_time"][::97] = np.nan
+    kp = np.linspace(1, 2, n)
+    kp[9000] = -1.5e-300  # a wider cell, in the last chunk only
+    res = SimpleNamespace(names=("kp",), values={"kp": kp}, metrics=metrics,
+                          diverged=rng.random(n) < 0.01)
+    table = cli._SweepTable(["kp"])
+    table(0, n, res.values, res.metrics, res.diverged)
+    assert [p[:2] for p in table.parts] == [(0, 4096), (4096, 8192), (8192, n)]
+    lines = "\n".join(table.lines(res)).split("\n")
+    assert lines == list(cli._sweep_table_lines(res, ["kp"])) and table.copied == 1
+    table.close()
