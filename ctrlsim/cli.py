@@ -50,11 +50,14 @@ _COLUMNS = tuple((key, metric_label(key, short=True), len(metric_label(key, shor
 
 def entry() -> int:
     """The ``ctrlsim`` console script and ``python -m ctrlsim``: :func:`main`,
-    then a quick exit."""
+    with the garbage collector kept off the imported modules."""
+    # Garbage collections walk every tracked object, and numba's (imported by
+    # now, and made again by its first call) are most of them. Frozen objects
+    # are skipped: once after the imports (a warm sweep starts ~0.07 s sooner)
+    # and once at the end, before the interpreter's exit collects (~0.2 s of
+    # every command). Only here: a program calling main() keeps its collector.
+    gc.freeze()
     code = main()
-    # The interpreter's exit would otherwise walk numba's compiler objects in
-    # its garbage collections (~0.2 s of every command); frozen objects are
-    # skipped. Only here: a program calling main() keeps its collector intact.
     gc.freeze()
     return code
 

@@ -169,10 +169,10 @@ def test_first_compile_is_announced_on_stderr_only_when_the_cache_is_cold(monkey
     assert not cli._cached(never_compiled.f)
 
 
-def test_entry_runs_main_then_freezes_the_collector_for_a_quick_exit(monkeypatch):
+def test_entry_freezes_the_collector_around_main(monkeypatch):
     from ctrlsim import cli
 
     calls = []
     monkeypatch.setattr(cli, "main", lambda: calls.append("main") or 3)
     monkeypatch.setattr(cli.gc, "freeze", lambda: calls.append("freeze"))
-    assert cli.entry() == 3 and calls == ["main", "freeze"]
+    assert cli.entry() == 3 and calls == ["freeze", "main", "freeze"]
