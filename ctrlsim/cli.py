@@ -521,8 +521,9 @@ def _widen(widths: list[int], cols: list[list[str]]) -> list[int]:
     return [max(w, max(map(len, c), default=0)) for w, c in zip(widths, cols)]
 
 
-def _sweep_headers(names) -> list[str]:
-    return list(names) + [h for _, h, _ in _COLUMNS] + ["status"]
+def _headers(lead) -> list[str]:
+    """A results table's headers: the ``lead`` columns, the metrics, the status."""
+    return list(lead) + [h for _, h, _ in _COLUMNS] + ["status"]
 
 
 def _template(widths: list[int], n_lead: int) -> str:
@@ -546,7 +547,7 @@ class _SweepTable:
     """
 
     def __init__(self, names: Sequence[str]) -> None:
-        self.headers = _sweep_headers(names)
+        self.headers = _headers(names)
         self.n_lead = len(names)
         self.widths = [len(h) for h in self.headers]
         # Rendered chunks of rows: lo, hi, the widths used, where the text is in the spool.
@@ -609,7 +610,7 @@ def _sweep_table_lines(res, headers: list[str]):
     then lines): what :class:`_SweepTable` must print (the tests' reference)."""
     def cells():
         return _sweep_columns(res.names, res.values, res.metrics, res.diverged)
-    widths = [0] * (len(res.names) + len(_COLUMNS) + 1)
+    widths = [0] * len(_headers(res.names))
     for cols in cells():
         widths = _widen(widths, cols)
     rows = lambda: (r for cols in cells() for r in zip(*cols))  # noqa: E731
@@ -623,7 +624,7 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 def _table_lines(rows, headers: list[str], widths: list[int] | None = None):
     """Lines of the table; ``rows()`` gives the rows afresh (two passes: widths, then
     lines; one if the cells' ``widths`` are given)."""
-    headers = headers + [h for _, h, _ in _COLUMNS] + ["status"]
+    headers = _headers(headers)
     if widths is None:
         widths = [0] * len(headers)
         for r in rows():
