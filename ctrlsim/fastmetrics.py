@@ -20,8 +20,11 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from . import jitcache
 from .kernels import _claim, _lockstep
 from .metrics import METRIC_KEYS
+
+jitcache.install()  # key this module's cache on the kernels it compiles in, too
 
 __all__ = ["block_metrics", "rollout_metrics", "metric_settings", "N_METRICS", "PIECE_ROWS"]
 

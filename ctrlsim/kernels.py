@@ -1,7 +1,8 @@
 """Compiled kernels: the plant dynamics and the digital control loop.
 
 This module is the ground floor of ctrlsim: it imports nothing from the rest of
-the package, and it is the only place where the equations of motion and the
+the package but :mod:`ctrlsim.jitcache` (which keys its disk cache), and it is
+the only place where the equations of motion and the
 control laws are written (the model is described in ``docs/model.md``).
 Everything else (``simulate``, ``sweep``, the gymnasium env, the benchmarks)
 packs its inputs into plain float64 arrays and calls these kernels.
@@ -54,6 +55,10 @@ from numba import literally, njit, prange
 from numba.core import cgutils
 from numba.core import types as nbtypes
 from numba.extending import intrinsic
+
+from . import jitcache
+
+jitcache.install()  # before the decorators below: numba picks their cache locator then
 
 __all__ = [
     "PLANT_LAYOUT", "N_PLANT", "CTRL_HEADER", "PID_LAYOUT", "N_PID", "LAW_PID",

@@ -1,17 +1,21 @@
 """Kernel v2: building blocks, anti-windup per activation, batch == single, tanh, disk cache."""
 
+import ast
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numba
 import numpy as np
 import pytest
 from numba import njit
+from numba.core.caching import FunctionCache
 
 import ctrlsim
-from ctrlsim import Event, Reference, Road, Scenario, Sensor, make_plant
+from ctrlsim import Event, Reference, Road, Scenario, Sensor, fastmetrics, jitcache, make_plant
 from ctrlsim import kernels as K
 from ctrlsim.sweep import pack_controllers
 
@@ -278,6 +282,85 @@ def test_kernels_load_from_the_disk_cache_in_a_fresh_process(tmp_path):
     misses, hits = run()
     assert int(first_misses) > 0
     assert (int(misses), int(hits)) == (0, 3)
+
+
+def _cache_true(tree: ast.AST) -> bool:
+    """Whether a module has a ``...(cache=True)`` call (a cached kernel's decorator)."""
+    return any(isinstance(node, ast.Call) and any(
+        k.arg == "cache" and isinstance(k.value, ast.Constant) and k.value.value is True
+        for k in node.keywords) for node in ast.walk(tree))
+
+
+def _package_imports(tree: ast.AST) -> set[str]:
+    """The ctrlsim modules (file names) a module imports, anywhere in it."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.update([node.module.split(".")[0] + ".py"] if node.module
+                         else [alias.name + ".py" for alias in node.names])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ctrlsim."):
+            found.add(node.module.split(".")[1] + ".py")
+    return found
+
+
+def test_compiled_sources_are_the_cached_modules_and_all_they_import():
+    package = Path(jitcache.__file__).parent
+    trees = {p.name: ast.parse(p.read_text()) for p in package.glob("*.py")}
+    cached = {name for name, tree in trees.items() if _cache_true(tree)}
+    closure, todo = set(), sorted(cached)
+    while todo:
+        name = todo.pop()
+        if name not in closure:
+            closure.add(name)
+            todo.extend(_package_imports(trees[name]))
+    assert {"kernels.py", "fastmetrics.py"} <= cached
+    assert closure == set(jitcache.COMPILED_SOURCES)
+
+
+def test_every_cached_kernel_is_keyed_on_all_compiled_sources():
+    cached = [d for mod in (K, fastmetrics) for d in vars(mod).values()
+              if isinstance(d, numba.core.dispatcher.Dispatcher)
+              and isinstance(d._cache, FunctionCache)]
+    assert len(cached) > 50
+    for d in cached:
+        locator = d._cache._impl.locator
+        assert isinstance(locator, jitcache.PackageLocator), d
+        assert locator.get_source_stamp()[1] == jitcache.sources_hash()
+
+
+def test_an_edit_to_the_kernels_recompiles_functions_cached_in_other_files(tmp_path):
+    # numba alone keys fastmetrics' cache on fastmetrics.py only, so after an
+    # edit of kernels.py it would load code compiled with the old kernels.
+    package = Path(jitcache.__file__).parent
+    copy = tmp_path / "src" / "ctrlsim"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    code = textwrap.dedent(f"""
+        import numpy as np, ctrlsim
+        from ctrlsim import fastmetrics as F
+        assert ctrlsim.__file__.startswith({str(copy)!r}), ctrlsim.__file__
+        t = np.linspace(0.0, 1.0, 5)
+        assert F._first_crossing(t, t, 0.5) == 0.5
+        s = F._first_crossing.stats
+        print(len(s.cache_misses), sum(s.cache_hits.values()))
+    """)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"),
+               PYTHONPATH=str(copy.parent))
+
+    def run():
+        proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split()
+
+    assert run() == ["1", "0"]          # compiled
+    assert run() == ["0", "1"]          # loaded
+    with open(copy / "cli.py", "a") as f:
+        f.write("# not compiled in\n")
+    assert run() == ["0", "1"]          # loaded: cli.py is no compiled source
+    with open(copy / "kernels.py", "a") as f:
+        f.write("# an edit\n")
+    assert run() == ["1", "0"]          # compiled again, not loaded stale
+    assert run() == ["0", "1"]
 
 
 def test_batch_mixing_robot_and_car_rows_equals_single_runs():
