@@ -12,7 +12,8 @@ them, once, and nothing stale is ever loaded.
 :func:`install` puts :class:`PackageLocator` first among numba's cache
 locators; it serves ctrlsim's own files only and otherwise defers to the
 locator numba would have picked (``NUMBA_CACHE_DIR``, ``__pycache__``, or the
-user-wide cache), so where the cache lives does not change.
+user-wide cache), so where the cache lives does not change. (Setting
+``NUMBA_CACHE_LOCATOR_CLASSES`` replaces numba's list, this locator included.)
 """
 
 from __future__ import annotations
