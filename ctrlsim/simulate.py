@@ -16,7 +16,8 @@ __all__ = ["simulate", "Trajectory", "StartWarning", "SetupWarning"]
 
 
 class StartWarning(UserWarning):
-    """The actuator cannot hold the initial speed, so the run starts off equilibrium."""
+    """The run cannot start in equilibrium: the actuator cannot hold the initial
+    speed, or a controller without integral action does not command it."""
 
 
 class SetupWarning(UserWarning):
@@ -104,7 +105,9 @@ def simulate(scenario: Scenario, controller: Controller | CustomController | Non
     -----
     StartWarning
         If the actuator cannot produce the command that holds the initial
-        speed; the run then starts from the clipped command.
+        speed (the run then starts from the clipped command), or if a
+        controller without integral action (ki = 0) commands something else
+        at zero error (the speed then drifts from the start).
 
     Examples
     --------
@@ -122,9 +125,12 @@ def simulate(scenario: Scenario, controller: Controller | CustomController | Non
     prof = scenario.pack(t)
     rollout = ctl.kernels()[0]
     out = np.empty((prof.ref.size, len(K.OUT_FIELDS)))
-    diverged_at, feasible = rollout(scenario.plant.pack(), ctl.pack(), prof, out)
+    pp, cp = scenario.plant.pack(), ctl.pack()
+    diverged_at, feasible = rollout(pp, cp, prof, out)
     if not feasible:
         warn_infeasible_start(scenario)
+    elif isinstance(ctl, Controller) and ctl.ki == 0.0:
+        warn_unheld_start(scenario, pp, cp, prof)
     return make_trajectory(scenario, ctl, prof.ref, out, int(diverged_at), t)
 
 
@@ -139,21 +145,62 @@ def make_trajectory(scenario: Scenario, ctl, ref: np.ndarray, out: np.ndarray,
                       scenario=scenario, controller=ctl, **cols)
 
 
-def check_setup(scenario: Scenario, controllers) -> None:
-    """Warn about settings that are legal but give misleading numbers."""
+def check_setup(scenario: Scenario, controllers, taus: np.ndarray | None = None,
+                rows_each: int = 1) -> None:
+    """Warn about settings that are legal but give misleading numbers.
+
+    ``taus``: the actuator lags of a sweep's plants, each used by
+    ``rows_each`` rows (default: the scenario's plant alone).
+    """
     h = scenario.control_period / scenario.substeps
-    tau = scenario.plant.actuator_tau
-    if 0 < tau < h:
+    taus = np.array([scenario.plant.actuator_tau]) if taus is None else np.asarray(taus)
+    short = taus[(taus > 0) & (taus < h)]
+    if short.size:
+        tau = float(short.min())
+        rows = ("" if taus.size == 1 else
+                f" (in {short.size * rows_each} of {taus.size * rows_each} rows)")
         warnings.warn(
-            f"scenario {scenario.name!r}: the RK4 substep ({h:g} s) is longer than "
+            f"scenario {scenario.name!r}{rows}: the RK4 substep ({h:g} s) is longer than "
             f"actuator_tau ({tau:g} s): inaccurate, and unstable beyond 2.78*tau "
             f"(needs substeps >= {scenario.control_period / tau:.3g})",
             SetupWarning, stacklevel=3)
 
 
-def warn_infeasible_start(scenario: Scenario) -> None:
+def warn_infeasible_start(scenario: Scenario, rows: str = "",
+                          limits: tuple[float, float] | None = None) -> None:
+    """StartWarning: the actuator cannot hold the initial speed (``rows``, e.g.
+    "in 1 of 2 rows (first: force_max=10)", and their ``limits`` in a sweep)."""
+    limits = scenario.plant.command_limits if limits is None else limits
     warnings.warn(
-        f"scenario {scenario.name!r}: the {scenario.plant.preset} actuator cannot "
+        f"scenario {scenario.name!r}{rows}: the {scenario.plant.preset} actuator cannot "
         f"hold the initial speed {scenario.initial_speed} m/s (limits "
-        f"{scenario.plant.command_limits}); starting from the saturated command",
+        f"{tuple(float(x) for x in limits)}); starting from the saturated command",
         StartWarning, stacklevel=3)
+
+
+def unheld_start(pp: np.ndarray, cp: np.ndarray, prof: K.Profiles) -> tuple[float, float] | None:
+    """``(command at zero error, holding command)`` of a PID-family controller
+    vector whose first sample at zero error does not command what holds the
+    initial speed, else None.
+
+    The start preloads the integrator so the controller was producing the
+    holding command; with ki = 0 there is nothing to preload, and the law
+    commands ``phi(feedforward * v0)`` instead.
+    """
+    a0, _ = K.equilibrium_command(prof.v0, pp, prof)
+    z0, u0 = K.controller_preload(a0, prof.v0, cp)
+    _, u, _, _ = K.control_step(prof.v0, prof.v0, 0.0, z0, True, prof.ts, pp[K.P_CMD_LO],
+                                pp[K.P_CMD_HI], cp)
+    return None if abs(u - u0) <= 1e-9 * max(1.0, abs(u0)) else (float(u), float(u0))
+
+
+def warn_unheld_start(scenario: Scenario, pp: np.ndarray, cp: np.ndarray, prof: K.Profiles,
+                      rows: str = "") -> None:
+    """StartWarning if :func:`unheld_start` finds the controller does not hold the start."""
+    found = unheld_start(pp, cp, prof)
+    if found is not None:
+        warnings.warn(
+            f"scenario {scenario.name!r}{rows}: the controller has no integral action "
+            f"(ki = 0) and commands {found[0]:.4g} at zero error, not the {found[1]:.4g} "
+            f"that holds the initial speed {scenario.initial_speed} m/s: the speed drifts "
+            "from the start", StartWarning, stacklevel=3)

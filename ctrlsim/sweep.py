@@ -46,11 +46,18 @@ from .fastmetrics import (
     rollout_metrics,
     step_start,
 )
+from .files import OutputError, check_output
 from .limits import MAX_BLOCK_SAMPLES
 from .metrics import METRIC_KEYS
 from .plant import PRESET_FIELDS
 from .scenario import Scenario, as_scenario
-from .simulate import Trajectory, check_setup, make_trajectory, warn_infeasible_start
+from .simulate import (
+    Trajectory,
+    check_setup,
+    make_trajectory,
+    warn_infeasible_start,
+    warn_unheld_start,
+)
 from .validation import ParameterError, ParameterTypeError
 
 __all__ = ["sweep", "SweepResult", "sweepable", "run_block"]
@@ -196,15 +203,21 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
         if name in CONTROLLER_PARAMS:
             for v in axis.tolist():
                 _set_controller(base, {name: v}, scenario.plant.preset)
-    check_setup(scenario, [base])
+    if not isinstance(resume, bool):
+        raise ParameterTypeError("resume", "must be True or False")
+    if resume and csv is None:
+        raise ParameterError("resume", "needs csv: the file of the sweep to resume")
+    if csv is not None:
+        check_output("csv", csv)
     plan = _make_plan(scenario, names, axes, plant_table, base)
     total = plan.rows
+    check_setup(scenario, [base], plant_table[:, K.P_TAU], total // len(plant_table))
     metrics = np.empty((total, N_METRICS))
     div_at = np.empty(total, dtype=np.int64)
     client, own = _connect(scheduler) if scheduler is not None else (None, False)
     sink = None
     trajs: list[Trajectory] | None = [] if keep_trajectories else None
-    feasible = True
+    infeasible = [0, -1]  # rows that cannot hold the initial speed, and the first
     try:
         sink = _CsvSink(csv, plan, resume) if csv is not None else None
         start = 0
@@ -217,9 +230,11 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
         blocks = [(lo, min(lo + plan.block, total)) for lo in range(start, total, plan.block)]
 
         def done(lo, hi, m, d, f):
-            nonlocal feasible
             metrics[lo:hi], div_at[lo:hi] = m, d
-            feasible = feasible and bool(f.all())
+            bad = np.flatnonzero(~f)
+            if bad.size:
+                infeasible[0] += bad.size
+                infeasible[1] = lo + int(bad[0]) if infeasible[1] < 0 else infeasible[1]
             if on_block is not None:
                 on_block(*_block_rows(plan, lo, hi, metrics, div_at))
             if progress is not None:
@@ -243,14 +258,52 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
             sink.close()
         if own:
             client.close()
-    if not feasible:
-        warn_infeasible_start(scenario)
+    _warn_start(scenario, base, plan, *infeasible)
     idx = np.unravel_index(np.arange(total), plan.shape) if total else ()
     return SweepResult(
         names=names, axes=tuple(np.asarray(a, dtype=float) for a in axes),
         values={n: np.asarray(a, dtype=float)[i] for n, a, i in zip(names, axes, idx)},
         metrics={m: metrics[:, j].copy() for j, m in enumerate(METRIC_KEYS)},
         diverged=div_at >= 0, trajectories=trajs)
+
+
+def _row_label(plan: _Plan, row: int) -> str:
+    """``name=value, ...`` of one grid row."""
+    idx = np.unravel_index(row, plan.shape)
+    return ", ".join(f"{n}={float(a[i]):g}" for n, a, i in zip(plan.names, plan.axes, idx))
+
+
+def _warn_start(scenario: Scenario, base, plan: _Plan, n_infeasible: int, first: int) -> None:
+    """The StartWarnings of :func:`ctrlsim.simulate`, for the rows they concern.
+
+    Rows with ki = 0 are checked at the first of them: whether such a
+    controller holds the start depends on the row only through the holding
+    command and the feedforward, which one row shows.
+    """
+    total = plan.rows
+    if n_infeasible:
+        pp, _ = _block_inputs(plan, first, first + 1)
+        warn_infeasible_start(scenario, f" (in {n_infeasible} of {total} rows, first: "
+                              f"{_row_label(plan, first)})",
+                              (pp[0, K.P_CMD_LO], pp[0, K.P_CMD_HI]))
+    if plan.custom is not None or not isinstance(base, Controller):
+        return
+    if "ki" in plan.names:
+        j = plan.names.index("ki")
+        zeros = np.flatnonzero(plan.axes[j] == 0.0)
+        if not zeros.size:
+            return
+        at = [0] * len(plan.shape)
+        at[j] = int(zeros[0])
+        row, count = int(np.ravel_multi_index(at, plan.shape)), total // plan.shape[j] * zeros.size
+    elif base.ki == 0.0:
+        row, count = 0, total
+    else:
+        return
+    pp, cp = _block_inputs(plan, row, row + 1)
+    rows = "" if count == total == 1 else f" (in {count} of {total} rows, first: " \
+        f"{_row_label(plan, row)})"
+    warn_unheld_start(scenario, pp[0], cp[0], plan.prof, rows)
 
 
 @dataclass(frozen=True, eq=False)
@@ -549,8 +602,6 @@ class _CsvSink:
     """
 
     def __init__(self, path, plan: _Plan, resume: bool) -> None:
-        if not isinstance(resume, bool):
-            raise ParameterTypeError("resume", "must be True or False")
         self.path = Path(path)
         self.state = Path(str(self.path) + ".sweep-state")
         self.plan, self.resume, self.fh = plan, resume, None
@@ -567,14 +618,28 @@ class _CsvSink:
         start = 0
         if self.resume and self.path.exists() and self.path.stat().st_size > 0:
             start = self._read_finished(metrics, div_at)
-            self.fh = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115
+            self.fh = self._open("a")
         else:
             with atomic_write(self.state, "--csv", "w", encoding="utf-8") as fh:
                 fh.write(json.dumps(self._state()))
-            self.fh = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115
-            self.fh.write(",".join(self.header) + "\n")
-            self.fh.flush()
+            self.fh = self._open("w")
+            self._write(",".join(self.header) + "\n")
         return start
+
+    def _open(self, mode: str):
+        try:
+            return open(self.path, mode, newline="", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise OutputError(f"--csv {self.path}: cannot write ({exc.strerror or exc})") \
+                from None
+
+    def _write(self, text: str) -> None:
+        try:
+            self.fh.write(text)
+            self.fh.flush()
+        except OSError as exc:
+            raise OutputError(f"--csv {self.path}: cannot write ({exc.strerror or exc})") \
+                from None
 
     def _read_finished(self, metrics, div_at) -> int:
         try:
@@ -620,13 +685,7 @@ class _CsvSink:
         idx = np.unravel_index(np.arange(lo, hi), self.plan.shape)
         params = [self.plan.axes[j][idx[j]].astype(float)
                   for j in range(len(self.plan.names))]
-        text = _csv_rows(params, div_at >= 0, metrics)
-        try:
-            self.fh.write(text + "\n")
-            self.fh.flush()
-        except OSError as exc:
-            from .files import OutputError
-            raise OutputError(f"--csv {self.path}: cannot write ({exc.strerror or exc})") from None
+        self._write(_csv_rows(params, div_at >= 0, metrics) + "\n")
 
     def finish(self) -> None:
         self.fh.close()

@@ -7,6 +7,7 @@ shares no code with ``ctrlsim.kernels``.
 """
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -170,6 +171,20 @@ def test_relu_equilibrium_start_needing_brake_starts_coasting():
     assert lin.force[0] < 0
     # Linear starts in equilibrium: speed stays put.
     assert np.max(np.abs(lin.speed - 2.0)) < 1e-9
+
+
+def test_a_controller_without_integral_action_warns_that_it_does_not_hold_the_start():
+    sc = Scenario(reference=Reference([(0.0, 2.0)]), duration=5.0, initial_speed=2.0)
+    with pytest.warns(ctrlsim.StartWarning, match=r"no integral action \(ki = 0\)"):
+        tr = ctrlsim.simulate(sc, ctrlsim.controller("linear,ki=0"))
+    assert tr.speed[-1] < 1.99  # the warned drift: P action alone holds a lower speed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ctrlsim.StartWarning)
+        held = ctrlsim.simulate(sc, ctrlsim.controller("linear"))  # integral action: silent
+        # ki = 0, but the feedforward commands the holding force itself: silent too.
+        a0 = float(held.applied[0])
+        ctrlsim.simulate(sc, ctrlsim.controller(f"linear,ki=0,feedforward={a0 / 2.0!r}"))
+    assert np.max(np.abs(held.speed - 2.0)) < 1e-9
 
 
 def test_infeasible_start_warns():

@@ -451,3 +451,32 @@ def test_sweep_table_renders_a_large_range_a_chunk_at_a_time():
     lines = "\n".join(table.lines(res)).split("\n")
     assert lines == list(cli._sweep_table_lines(res, ["kp"])) and table.copied == 1
     table.close()
+
+
+def test_sweep_start_and_setup_warnings_name_the_rows_they_concern():
+    sc = Scenario(reference=Reference([(0.0, 2.0)]), duration=2.0, initial_speed=2.0,
+                  road=Road(((0.0, 1.0),)))
+    # force_max = 10 N cannot hold 2 m/s up 1 degree; 20 N can.
+    with pytest.warns(ctrlsim.StartWarning) as caught:
+        ctrlsim.sweep(sc, {"force_max": [10.0, 20.0]})
+    assert [str(w.message) for w in caught] == [
+        "scenario 'scenario' (in 1 of 2 rows, first: force_max=10): the robot actuator cannot "
+        "hold the initial speed 2.0 m/s (limits (-20.0, 10.0)); starting from the saturated "
+        "command"]
+    with pytest.warns(ctrlsim.StartWarning, match=r"in 2 of 6 rows, first: kp=1, ki=0\)"):
+        ctrlsim.sweep(sc, {"kp": [1.0, 2.0], "ki": [0.0, 1.0, 2.0]})
+    with pytest.warns(ctrlsim.SetupWarning, match=r"\(in 1 of 2 rows\).*actuator_tau \(0.0001 s\)"):
+        ctrlsim.sweep(dataclasses.replace(sc, road=Road()), {"actuator_tau": [0.0, 1e-4]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ctrlsim.sweep(sc, {"force_max": [20.0, 30.0], "ki": [1.0, 2.0]})
+
+
+def test_sweep_output_arguments_are_checked_before_it_runs(tmp_path):
+    sc = ctrlsim.load_scenario("decel")
+    with pytest.raises(ParameterError, match="csv .*: is a directory"):
+        ctrlsim.sweep(sc, {"kp": [1.0]}, csv=tmp_path)
+    with pytest.raises(ParameterError, match="resume: needs csv"):
+        ctrlsim.sweep(sc, {"kp": [1.0]}, resume=True)
+    with pytest.raises(ParameterError, match="resume"):
+        ctrlsim.sweep(sc, {"kp": [1.0]}, csv=tmp_path / "a.csv", resume="yes")
