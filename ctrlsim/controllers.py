@@ -13,6 +13,7 @@ under a different activation.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -216,6 +217,11 @@ class CustomController:
         if not hasattr(self.law, "py_func"):
             raise ParameterTypeError("law", "CustomController: law must be a numba.njit "
                                      "function law(e, z, d, y, r) -> u")
+        try:  # numba's typing error for a wrong arity is long and comes at first use
+            inspect.signature(self.law.py_func).bind(0.0, 0.0, 0.0, 0.0, 0.0)
+        except TypeError as exc:
+            raise ParameterTypeError("law", "CustomController: law must take five arguments "
+                                     f"(e, z, d, y, r): {exc}") from None
         kaw = finite_float("kaw", self.kaw)
         if kaw < 0:
             raise ParameterError("kaw", f"must be a finite number >= 0, got {self.kaw}")

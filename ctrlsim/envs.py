@@ -25,6 +25,7 @@ from gymnasium.vector.utils import batch_space
 from . import kernels as K
 from .controllers import Controller, as_controller
 from .scenario import Reference, Scenario, as_scenario
+from .validation import ParameterError, ParameterTypeError, finite_float, integer, positive_float
 
 __all__ = ["CruiseControlEnv", "CruiseControlVectorEnv", "OBS_FIELDS", "SPEED_SCALE",
            "OBS_BOUND", "DIVERGENCE_PENALTY", "RANDOM_RANGES", "default_substeps"]
@@ -61,9 +62,9 @@ def default_substeps(control_period: float) -> int:
 
 
 def _check_weight(name: str, value: float) -> float:
-    value = float(value)
-    if not (math.isfinite(value) and value >= 0.0):
-        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    value = finite_float(name, value)
+    if value < 0.0:
+        raise ParameterError(name, f"must be finite and >= 0, got {value}")
     return value
 
 
@@ -73,10 +74,11 @@ class _Core:
     def __init__(self, nb: int, scenario, control_period, substeps, randomize,
                  base_controller, error_weight, effort_weight):
         sc = as_scenario(scenario)
-        ts = DEFAULT_CONTROL_PERIOD if control_period is None else float(control_period)
-        if not (math.isfinite(ts) and ts > 0):
-            raise ValueError(f"control_period must be > 0, got {control_period}")
-        ss = default_substeps(ts) if substeps is None else int(substeps)
+        ts = (DEFAULT_CONTROL_PERIOD if control_period is None
+              else positive_float("control_period", control_period))
+        ss = default_substeps(ts) if substeps is None else integer("substeps", substeps, 1)
+        if not isinstance(randomize, (bool, np.bool_)):
+            raise ParameterTypeError("randomize", f"must be True or False, got {randomize!r}")
         n = max(1, round(sc.duration / ts))
         sc = dataclasses.replace(sc, control_period=ts, substeps=ss, duration=n * ts)
         self.scenario: Scenario = sc
@@ -89,8 +91,8 @@ class _Core:
         self.randomize = bool(randomize)
         base = as_controller(base_controller)
         if base is not None and not isinstance(base, Controller):
-            raise ValueError("base_controller must be a built-in controller (spec string or "
-                             "Controller); user laws are not supported")
+            raise ParameterTypeError("base_controller", "must be a built-in controller (spec "
+                                     "string or Controller); user laws are not supported")
         self.base = None if base is None else sc.resolved_controller(base)
         self.use_base = self.base is not None
         self.cbase = self.base.pack() if self.use_base else np.zeros(K.N_PID)
@@ -261,7 +263,8 @@ class CruiseControlEnv(gym.Env):
                  base_controller: Any = None, error_weight: float = 1.0,
                  effort_weight: float = 0.01, render_mode: str | None = None):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+            raise ParameterError("render_mode", f"must be None or 'rgb_array', got "
+                                 f"{render_mode!r}")
         self.render_mode = render_mode
         self._core = _Core(1, scenario, control_period, substeps, randomize,
                            base_controller, error_weight, effort_weight)
@@ -359,10 +362,9 @@ class CruiseControlVectorEnv(VectorEnv):
                  error_weight: float = 1.0, effort_weight: float = 0.01,
                  render_mode: str | None = None):
         if render_mode is not None:
-            raise ValueError("the vector env does not render; use CruiseControlEnv")
-        self.num_envs = int(num_envs)
-        if self.num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+            raise ParameterError("render_mode", "the vector env does not render; use "
+                                 "CruiseControlEnv")
+        self.num_envs = integer("num_envs", num_envs, 1)
         self.render_mode = None
         self._core = _Core(self.num_envs, scenario, control_period, substeps, randomize,
                            base_controller, error_weight, effort_weight)

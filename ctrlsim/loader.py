@@ -111,6 +111,8 @@ def _shipped_dir():
 def _locate(name: str):
     path = Path(name)
     if path.suffix == ".toml" or path.parent != Path(".") or path.is_file():
+        if path.is_dir():
+            raise ScenarioError(name, "(file)", "is a directory, not a scenario file")
         if not path.is_file():
             raise ScenarioError(name, "(file)", "no such file")
         return path

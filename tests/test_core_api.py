@@ -112,6 +112,12 @@ def test_custom_law_must_be_jitted():
         ctrlsim.CustomController(lambda e, z, d, y, r: e)
 
 
+def test_custom_law_must_take_the_five_loop_signals():
+    with pytest.raises(TypeError, match=r"law: .*five arguments \(e, z, d, y, r\)"):
+        ctrlsim.CustomController(numba.njit(lambda e, z: e))
+    ctrlsim.CustomController(numba.njit(lambda e, z, d, y, r, k=1.0: k * e))  # defaults: fine
+
+
 def test_batch_rows_equal_single_runs():
     sc = _scenario()
     res = ctrlsim.sweep(sc, {"kp": [20.0, 60.0], "mass": [20.0, 35.0]}, keep_trajectories=True)

@@ -12,6 +12,7 @@ from ctrlsim import kernels as K
 from ctrlsim.envs import CruiseControlEnv, CruiseControlVectorEnv, default_substeps
 from ctrlsim.plant import make_plant
 from ctrlsim.scenario import Event, Reference, Scenario
+from ctrlsim.validation import ParameterError
 
 ENV_ID = "ctrlsim/CruiseControl-v0"
 
@@ -187,6 +188,22 @@ def test_actions_nan_and_clipping():
     v.reset(seed=0)
     with pytest.raises(ValueError):
         v.step(np.array([[0.0], [np.nan]]))
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    ({"substeps": 2.5}, "substeps"), ({"substeps": 0}, "substeps"),
+    ({"randomize": "yes"}, "randomize"), ({"control_period": -0.1}, "control_period"),
+    ({"control_period": "0.05"}, "control_period"), ({"error_weight": -1.0}, "error_weight"),
+    ({"effort_weight": float("nan")}, "effort_weight"), ({"render_mode": "human"}, "render_mode"),
+])
+def test_env_arguments_are_checked_not_coerced(kwargs, key):
+    with pytest.raises(ParameterError, match=f"^{key}: "):
+        CruiseControlEnv(**kwargs)
+    if key != "render_mode":
+        with pytest.raises(ParameterError, match=f"^{key}: "):
+            CruiseControlVectorEnv(2, **kwargs)
+    with pytest.raises(ParameterError, match="^num_envs: "):
+        CruiseControlVectorEnv(1.5)
 
 
 def test_observation_contract():

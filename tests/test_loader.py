@@ -182,6 +182,12 @@ def test_missing_file_and_unknown_name():
         load_scenario("no-such-scenario")
 
 
+def test_a_directory_is_not_a_scenario_file(tmp_path):
+    (tmp_path / "dir.toml").mkdir()
+    with pytest.raises(ScenarioError, match=r"dir\.toml: \(file\): is a directory"):
+        load_scenario(tmp_path / "dir.toml")
+
+
 toml_values = st.recursive(
     st.booleans() | st.integers(-10**6, 10**6) | st.floats()
     | st.text(max_size=8),
