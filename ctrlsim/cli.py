@@ -2,8 +2,8 @@
 
 Exit codes: 0 success; 2 usage or validation error (a
 :class:`~ctrlsim.validation.ParameterError`, one line on stderr naming the
-key); 1 an output file that could not be written, or an internal error
-(``--debug`` shows the traceback); 130 interrupted (Ctrl-C); 141 stdout
+key); 1 an output file or stdout that could not be written (a full disk), or an
+internal error (``--debug`` shows the traceback); 130 interrupted (Ctrl-C); 141 stdout
 closed early (``| head``), quietly.
 
 Everything printed goes through :func:`_out`/:func:`_err`, which escape
@@ -13,6 +13,7 @@ control characters: scenario names and descriptions come from user files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import gc
 import io
@@ -69,6 +70,10 @@ class UsageError(ParameterError):
         super().__init__(key, message, message=message)
 
 
+class _StdoutError(OutputError):
+    """stdout could not be written (a full disk, an I/O error; not a closed pipe)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     debug = False
@@ -80,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = args.func(args)
         for message in dict.fromkeys(str(w.message) for w in caught):
             _err(f"ctrlsim: warning: {message}")
-        sys.stdout.flush()  # a closed stdout shows up here, not at exit
+        with _stdout_errors():
+            sys.stdout.flush()  # a closed or full stdout shows up here, not at exit
         return code
     except KeyboardInterrupt:
         _err("ctrlsim: interrupted")
@@ -96,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OutputError as exc:
         if debug:
             raise
+        if isinstance(exc, _StdoutError):
+            _silence_stdout()  # the interpreter's final flush would fail again
         _err(f"ctrlsim: error: {exc}")
         return 1
     except Exception as exc:  # noqa: BLE001 - last resort: no traceback for users
@@ -108,7 +116,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _out(text: str = "", file=None) -> None:
     """Print text ctrlsim composed (newlines kept, control characters escaped)."""
-    print(safe_text(text, newlines=True), file=file or sys.stdout)
+    if file is not None and file is not sys.stdout:
+        print(safe_text(text, newlines=True), file=file)
+        return
+    with _stdout_errors():
+        print(safe_text(text, newlines=True))
+
+
+@contextlib.contextmanager
+def _stdout_errors():
+    """Turn an I/O error writing stdout into :class:`_StdoutError` (exit 1, one
+    line); a closed pipe stays a ``BrokenPipeError`` (exit 141, quietly)."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise _StdoutError(f"cannot write the output: {exc.strerror or exc}") from None
 
 
 def _err(text: str) -> None:
@@ -183,6 +207,9 @@ def _cmd_sweep(args) -> int:
         if m not in METRIC_KEYS:
             raise UsageError(f"--metric: unknown metric {m!r} "
                              f"(choose from {', '.join(METRIC_KEYS)})")
+    if args.metric and args.plot is None:  # else silently ignored: the table is fixed
+        raise UsageError("--metric chooses what --plot draws: add --plot (--json and "
+                         "--csv hold every metric)", key="--metric")
     if args.plot is not None and len(params) > 2:
         raise UsageError("--plot draws 1-D or 2-D sweeps; give at most two --param")
     ctl = parse_controller(args.controller) if args.controller else None
@@ -781,7 +808,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = add("run", help="simulate one scenario with one controller")
     s.add_argument("scenario", help="shipped scenario name or TOML path")
-    s.add_argument("-c", "--controller", help=spec_help + " (default: the scenario's)")
+    s.add_argument("-c", "--controller", action=_OneController,
+                   help=spec_help + " (default: the scenario's)")
     s.set_defaults(func=_cmd_run)
     _output_args(s, plot_help)
     s.add_argument("--csv", metavar="FILE", help="write the trajectory as CSV")
@@ -797,9 +825,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("scenario", help="shipped scenario name or TOML path")
     s.add_argument("--param", action="append", required=True, metavar="NAME=START:STOP:NUM",
                    help="parameter and values (repeat for a grid product)")
-    s.add_argument("-c", "--controller", help=spec_help + " (default: the scenario's)")
+    s.add_argument("-c", "--controller", action=_OneController,
+                   help=spec_help + " (default: the scenario's)")
     s.add_argument("--metric", action="append",
-                   help="metric to plot (repeatable; default overshoot, settling_time)")
+                   help="metric that --plot draws (repeatable; default overshoot, "
+                   "settling_time)")
     s.add_argument("--csv", metavar="FILE",
                    help="write the sweep table as CSV, block by block (valid if interrupted)")
     s.add_argument("--resume", action="store_true",
@@ -812,7 +842,8 @@ def _parser() -> argparse.ArgumentParser:
     s = add("analyze", help="linearise, list the linear modes and certify stability "
             "(circle criterion)")
     s.add_argument("scenario", help="shipped scenario name or TOML path")
-    s.add_argument("-c", "--controller", help=spec_help + " (default: the scenario's)")
+    s.add_argument("-c", "--controller", action=_OneController,
+                   help=spec_help + " (default: the scenario's)")
     s.set_defaults(func=_cmd_analyze)
     _output_args(s, "write a Nyquist plot with the critical disk "
                  "(default: plots/<scenario>-analyze.png)")
@@ -841,6 +872,20 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="plots", help="output folder (default: plots)")
     s.set_defaults(func=_cmd_gallery)
     return p
+
+
+class _OneController(argparse.Action):
+    """``-c`` of a command that takes one controller: a second ``-c`` is a usage
+    error, not silently the last one."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if getattr(namespace, self.dest) is not None:
+            command = parser.prog.split()[-1]
+            hint = "; use `ctrlsim compare` for several" if command == "run" else ""
+            raise UsageError(f"{option_string}: {command} takes one controller, got "
+                             f"{getattr(namespace, self.dest)!r} and {values!r}{hint}",
+                             key="--controller")
+        setattr(namespace, self.dest, values)
 
 
 def _output_args(s: argparse.ArgumentParser, plot_help: str) -> None:

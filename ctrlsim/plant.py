@@ -216,16 +216,18 @@ def _validate(plant: Plant) -> None:
                  "drag_quadratic", "actuator_tau"):
         need(getattr(plant, name) >= 0, name, "must be >= 0")
     if plant.preset == "robot":
-        need(plant.force_min is not None and plant.force_max is not None
-             and plant.force_min < plant.force_max, "force_min",
+        # The bound that leaves out 0 first: a scenario usually sets just one of them.
+        need(plant.force_min is not None and plant.force_min <= 0, "force_min",
+             "must be <= 0: the force range must contain 0 (coasting)")
+        need(plant.force_max is not None and plant.force_max >= 0, "force_max",
+             "must be >= 0: the force range must contain 0 (coasting)")
+        need(plant.force_min < plant.force_max, "force_min",
              f"must be below force_max ({plant.force_max})")
-        need(plant.force_min <= 0 <= plant.force_max, "force_min",
-             "the force range must contain 0 (coasting)")
         return
     need(len(plant.gear_ratios) > 0 and all(r > 0 for r in plant.gear_ratios),
          "gear_ratios", "must be a non-empty list of positive numbers")
     need(1 <= plant.gear <= len(plant.gear_ratios), "gear",
-         f"must be between 1 and {len(plant.gear_ratios)}")
+         f"must be between 1 and {len(plant.gear_ratios)} (the number of gear_ratios)")
     need(plant.torque_max > 0, "torque_max", "must be positive")
     need(plant.omega_max > 0, "omega_max", "must be positive")
     need(plant.torque_beta >= 0, "torque_beta", "must be >= 0")

@@ -119,6 +119,25 @@ def test_usage_errors_exit_2_without_traceback(tmp_path, args, fragment):
     assert fragment in out.stderr and "Traceback" not in out.stderr
 
 
+def test_run_refuses_a_second_controller_instead_of_keeping_the_last(tmp_path, capsys):
+    from ctrlsim.cli import main
+
+    out = ctrlsim("run", "decel", "-c", "relu", "-c", "linear", cwd=tmp_path)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "use `ctrlsim compare`" in out.stderr
+    for argv in (["sweep", "decel", "--param", "kp=1,2", "-c", "relu", "--controller", "relu"],
+                 ["analyze", "decel", "-c", "relu", "-c", "linear"]):
+        assert main(argv) == 2
+        assert "takes one controller" in capsys.readouterr().err
+
+
+def test_sweep_metric_without_plot_is_a_usage_error(tmp_path):
+    out = ctrlsim("sweep", "decel", "--param", "kp=1,2", "--metric", "control_effort",
+                  cwd=tmp_path)
+    assert out.returncode == 2 and out.stdout == ""
+    assert "--metric chooses what --plot draws" in out.stderr
+
+
 def test_diverged_controller_is_reported_not_a_crash(tmp_path):
     scen = tmp_path / "stiff.toml"
     scen.write_text('duration = 2.0\nsubsteps = 1\ninitial_speed = 1.0\n'

@@ -187,6 +187,24 @@ def test_one_error_type_carries_key_and_reason():
     assert err.value.key == "mass" and "positive" in err.value.reason
 
 
+@pytest.mark.parametrize("plant, key, value", [
+    ("force_max = -5", "force_max", "-5.0"), ("force_min = 5", "force_min", "5.0"),
+    ("force_max = -30", "force_max", "-30.0"),       # also below force_min = -20
+    ("force_min = 0\nforce_max = 0", "force_min", "0.0"),
+])
+def test_a_bad_force_range_names_the_bound_the_file_set(tmp_path, plant, key, value):
+    path = tmp_path / "f.toml"
+    path.write_text(f"[plant]\n{plant}\n[reference]\nsteps = [[0.0, 1.0]]\n")
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(path)
+    assert err.value.key == f"plant.{key}" and str(err.value).endswith(f"got {value}")
+
+
+def test_a_gear_past_the_gear_ratios_names_both():
+    with pytest.raises(ParameterError, match="gear: .*number of gear_ratios.*got 4"):
+        make_plant("car", gear_ratios=[40.0, 25.0])
+
+
 @pytest.mark.parametrize("text, key", [
     ("a = " + "[" * 3000 + "]" * 3000, "(file)"),                 # RecursionError in tomllib
     ("name = " + "[" * 400 + "]" * 400 + "\nduration = 1.0\n[reference]\nsteps = [[0.0, 1.0]]",

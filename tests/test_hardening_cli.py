@@ -162,6 +162,42 @@ def test_a_closed_stdout_exits_quietly(tmp_path):
     assert proc.wait(timeout=60) == 141 and err == b""
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [["run", "decel", "--json"],
+                                  ["sweep", "decel", "--param", "alpha=0:1:40"]])
+def test_a_full_stdout_is_named_not_an_internal_error(tmp_path, args):
+    with open("/dev/full", "w") as full:
+        out = subprocess.run(EXE + args, stdout=full, stderr=subprocess.PIPE, text=True,
+                             cwd=tmp_path, timeout=120)
+    _one_line_error(out, 1, "ctrlsim: error: cannot write the output: No space left on device")
+    assert "internal" not in out.stderr
+
+
+def test_an_io_error_on_stdout_is_named_and_a_closed_pipe_stays_141(monkeypatch, capsys):
+    import errno
+
+    from ctrlsim import cli
+
+    class Failing:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def write(self, text):
+            raise self.exc
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(cli, "_silence_stdout", lambda: None)  # keep pytest's stdout
+    monkeypatch.setattr(sys, "stdout", Failing(OSError(errno.EIO, os.strerror(errno.EIO))))
+    assert cli.main(["scenarios"]) == 1
+    assert capsys.readouterr().err == ("ctrlsim: error: cannot write the output: "
+                                       f"{os.strerror(errno.EIO)}\n")
+    monkeypatch.setattr(sys, "stdout", Failing(BrokenPipeError(errno.EPIPE, "Broken pipe")))
+    assert cli.main(["scenarios"]) == 141
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.skipif(shutil.which("sh") is None, reason="needs a shell")
 def test_pipe_into_head(tmp_path):
     out = subprocess.run(" ".join(EXE) + " sweep decel --param alpha=0:1:60 | head -n 1",
