@@ -149,7 +149,7 @@ def _step_metrics(t, y, yf, t0, res):
             i_pk = i
         y_min = min(y_min, yn[i])
     res[_OVER] = 100.0 * max(yn[i_pk] - 1.0, 0.0)
-    res[_UNDER] = 100.0 * max(-y_min, 0.0)
+    res[_UNDER] = 100.0 * max(-y_min, 0.0) + 0.0  # + 0.0: never -0.0
     res[_PEAK] = y[i_pk]
     lag = t[0] - t0
     res[_SETTLE] = settle + lag

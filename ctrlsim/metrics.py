@@ -138,7 +138,7 @@ def step_info(t, y, initial: float | None = None, final: float | None = None,
         out["settling_max"] = max(float(tail.max()), yf)
     i_pk = int(np.argmax(yn))
     out["overshoot"] = 100.0 * max(float(yn[i_pk]) - 1.0, 0.0)
-    out["undershoot"] = 100.0 * max(-float(yn.min()), 0.0)
+    out["undershoot"] = 100.0 * max(-float(yn.min()), 0.0) + 0.0  # + 0.0: never -0.0
     out["peak"] = float(y[i_pk])
     out["peak_time"] = float(tt[i_pk])
     return out

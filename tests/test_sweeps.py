@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib
+import math
 import signal
 import subprocess
 import sys
@@ -480,3 +481,14 @@ def test_sweep_output_arguments_are_checked_before_it_runs(tmp_path):
         ctrlsim.sweep(sc, {"kp": [1.0]}, resume=True)
     with pytest.raises(ParameterError, match="resume"):
         ctrlsim.sweep(sc, {"kp": [1.0]}, csv=tmp_path / "a.csv", resume="yes")
+
+
+def test_undershoot_of_a_response_from_rest_is_plus_zero_in_both_implementations():
+    # A step from 0 whose speed never dips below 0: -min(y) is -0.0, which
+    # tables and JSON printed as "-0".
+    sc = ctrlsim.load_scenario("step")
+    single = ctrlsim.simulate(sc, "linear").metrics()["undershoot"]
+    swept = ctrlsim.sweep(sc, {"kp": [ctrlsim.controller("linear").resolve(
+        sc.resolved_controller(), "robot").kp]}).metrics["undershoot"][0]
+    assert single == swept == 0.0
+    assert math.copysign(1.0, single) == math.copysign(1.0, swept) == 1.0
