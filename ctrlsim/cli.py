@@ -494,8 +494,8 @@ def _report(sc, specs: list[str], trs: list[Trajectory], args, targets: dict) ->
         _save(comparison(trs, specs), targets["--plot"])
     if args.json:
         _print_json({"scenario": sc.name, "results": [
-            {"controller": s, "diverged": tr.diverged, "metrics": m}
-            for s, tr, m in zip(specs, trs, metrics)]})
+            {"controller": s, "diverged": tr.diverged, "diverged_at": tr.diverged_at,
+             "metrics": m} for s, tr, m in zip(specs, trs, metrics)]})
     else:
         name = _line(sc.name)
         _out(f"{name}: {_line(sc.description)}" if sc.description else name)

@@ -55,6 +55,20 @@ def test_compare_json_is_strict_and_complete():
     assert relu["settling_time"] > leaky["settling_time"]
 
 
+def test_json_gives_the_divergence_time_the_table_shows(tmp_path):
+    scen = tmp_path / "div.toml"
+    scen.write_text("duration = 2.0\ninitial_speed = 1.0\nsubsteps = 1\n[plant]\n"
+                    "actuator_tau = 0.0001\n[reference]\nsteps = [[0.0, 2.0]]\n")
+    out = ctrlsim("run", str(scen), "-c", "linear", "--json")
+    assert out.returncode == 0, out.stderr
+    diverged = _strict_json(out.stdout)["results"][0]
+    assert diverged["diverged"] is True and diverged["diverged_at"] > 0
+    calm = _strict_json(ctrlsim("run", "decel", "-c", "linear", "--json").stdout)["results"][0]
+    assert calm["diverged"] is False and calm["diverged_at"] is None
+    table = ctrlsim("run", str(scen), "-c", "linear")
+    assert f"DIVERGED at {diverged['diverged_at']:.2f} s" in table.stdout
+
+
 def test_unsettled_run_gives_null_settling_time(tmp_path):
     scen = tmp_path / "short.toml"
     scen.write_text('duration = 7.0\ninitial_speed = 2.0\n[reference]\nsteps = [[5.0, 1.0]]\n')
