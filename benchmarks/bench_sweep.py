@@ -9,7 +9,7 @@ numba cache, pinned to as many CPUs as it has threads; peak memory is the
 child's maximum resident set (``wait4``).
 A 10,000-point sweep shows that memory does not grow with the points.
 
-Usage: python benchmarks/bench_sweep.py [--points 100000] [--threads 2,1] [--repeat 2]
+Usage: python benchmarks/bench_sweep.py [--points 100000] [--threads 2,1] [--repeat 3]
 Prints a markdown table.
 """
 
@@ -83,7 +83,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=100_000)
     ap.add_argument("--threads", default="2,1", help="NUMBA_NUM_THREADS values to compare")
-    ap.add_argument("--repeat", type=int, default=2, help="runs per thread count (best kept)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per thread count (best kept)")
     args = ap.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     substeps_per_run = 2001 * 5
