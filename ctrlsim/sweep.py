@@ -274,11 +274,12 @@ def _row_label(plan: _Plan, row: int) -> str:
 
 
 def _warn_start(scenario: Scenario, base, plan: _Plan, n_infeasible: int, first: int) -> None:
-    """The StartWarnings of :func:`ctrlsim.simulate`, for the rows they concern.
+    """The StartWarnings of :func:`ctrlsim.simulate`, naming how many rows they
+    concern and the first.
 
-    Rows with ki = 0 are checked at the first of them: whether such a
-    controller holds the start depends on the row only through the holding
-    command and the feedforward, which one row shows.
+    ``n_infeasible`` rows (the first at ``first``) could not hold the start.
+    Rows with ki = 0 are checked at the first of them only (a Python call
+    per row would cost more than the sweep).
     """
     total = plan.rows
     if n_infeasible:
@@ -301,9 +302,8 @@ def _warn_start(scenario: Scenario, base, plan: _Plan, n_infeasible: int, first:
     else:
         return
     pp, cp = _block_inputs(plan, row, row + 1)
-    rows = "" if count == total == 1 else f" (in {count} of {total} rows, first: " \
-        f"{_row_label(plan, row)})"
-    warn_unheld_start(scenario, pp[0], cp[0], plan.prof, rows)
+    warn_unheld_start(scenario, pp[0], cp[0], plan.prof,
+                      f" (in {count} of {total} rows, first: {_row_label(plan, row)})")
 
 
 @dataclass(frozen=True, eq=False)
