@@ -217,7 +217,7 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
     client, own = _connect(scheduler) if scheduler is not None else (None, False)
     sink = None
     trajs: list[Trajectory] | None = [] if keep_trajectories else None
-    infeasible = [0, -1]  # rows that cannot hold the initial speed, and the first
+    n_infeasible, first_infeasible = 0, -1  # rows that cannot hold the initial speed
     try:
         sink = _CsvSink(csv, plan, resume) if csv is not None else None
         start = 0
@@ -230,11 +230,13 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
         blocks = [(lo, min(lo + plan.block, total)) for lo in range(start, total, plan.block)]
 
         def done(lo, hi, m, d, f):
+            nonlocal n_infeasible, first_infeasible
             metrics[lo:hi], div_at[lo:hi] = m, d
             bad = np.flatnonzero(~f)
             if bad.size:
-                infeasible[0] += bad.size
-                infeasible[1] = lo + int(bad[0]) if infeasible[1] < 0 else infeasible[1]
+                n_infeasible += bad.size
+                if first_infeasible < 0:
+                    first_infeasible = lo + int(bad[0])
             if on_block is not None:
                 on_block(*_block_rows(plan, lo, hi, metrics, div_at))
             if progress is not None:
@@ -258,7 +260,7 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
             sink.close()
         if own:
             client.close()
-    _warn_start(scenario, base, plan, *infeasible)
+    _warn_start(scenario, base, plan, n_infeasible, first_infeasible)
     idx = np.unravel_index(np.arange(total), plan.shape) if total else ()
     return SweepResult(
         names=names, axes=tuple(np.asarray(a, dtype=float) for a in axes),
@@ -630,16 +632,17 @@ class _CsvSink:
         try:
             return open(self.path, mode, newline="", encoding="utf-8")  # noqa: SIM115
         except OSError as exc:
-            raise OutputError(f"--csv {self.path}: cannot write ({exc.strerror or exc})") \
-                from None
+            raise self._failed(exc) from None
 
     def _write(self, text: str) -> None:
         try:
             self.fh.write(text)
             self.fh.flush()
         except OSError as exc:
-            raise OutputError(f"--csv {self.path}: cannot write ({exc.strerror or exc})") \
-                from None
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: OSError) -> OutputError:
+        return OutputError(f"--csv {self.path}: cannot write ({exc.strerror or exc})")
 
     def _read_finished(self, metrics, div_at) -> int:
         try:
