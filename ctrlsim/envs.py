@@ -4,8 +4,9 @@
 (many vehicles advanced in one compiled call) share the constants below and
 the compiled :func:`ctrlsim.kernels.step_batch`, so a sub-env of the vector
 env and a single env with the same seed and actions agree bit for bit, and
-both agree with :func:`ctrlsim.simulate` (same RK4 kernel). The user manual is
-``docs/env.md``.
+both agree with :func:`ctrlsim.simulate` of the env's scenario (``env.scenario``:
+the one given, at the env's control period and substeps; same RK4 kernel). The
+user manual is ``docs/env.md``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import gymnasium as gym
 import numba
 import numpy as np
 from gymnasium import spaces
+from gymnasium.error import ResetNeeded
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
@@ -92,7 +94,8 @@ class _Core:
         base = as_controller(base_controller)
         if base is not None and not isinstance(base, Controller):
             raise ParameterTypeError("base_controller", "must be a built-in controller (spec "
-                                     "string or Controller); user laws are not supported")
+                                     "string or Controller); user laws and MLPs are not "
+                                     "supported")
         self.base = None if base is None else sc.resolved_controller(base)
         self.use_base = self.base is not None
         self.cbase = self.base.pack() if self.use_base else np.zeros(K.N_PID)
@@ -126,7 +129,8 @@ class _Core:
             zb, f0, _ = K.initial_state(pp, self.cbase, prof)
         else:
             a0, _ = K.equilibrium_command(prof.v0, pp, prof)
-            f0 = K._plant_actuator(a0, prof.v0, pp)
+            # The force of the command the actuator can give (as kernels.initial_state).
+            f0 = K._plant_actuator(min(max(a0, pp[K.P_CMD_LO]), pp[K.P_CMD_HI]), prof.v0, pp)
             zb = 0.0
         return float(prof.v0), float(f0), float(zb)
 
@@ -161,7 +165,7 @@ class _Core:
 
     def action(self, action, shape) -> np.ndarray:
         a = np.asarray(action, dtype=np.float64)
-        if a.size != self.nb:
+        if a.size != self.nb or (self.nb > 1 and a.shape not in (shape, (self.nb,))):
             raise ValueError(f"action must have shape {shape}, got {np.shape(action)}")
         if self.nb == 1:  # the single env: scalar math is 4x cheaper than np.clip
             x = float(a.flat[0])
@@ -270,11 +274,13 @@ class CruiseControlEnv(gym.Env):
                            base_controller, error_weight, effort_weight)
         self.scenario = self._core.scenario
         self.action_space, self.observation_space = _spaces()
-        self.metadata = {**self.metadata, "render_fps": round(1.0 / self.scenario.control_period)}
+        self.metadata = {**self.metadata,
+                         "render_fps": max(1, round(1.0 / self.scenario.control_period))}
         self._reset_mode = np.full(1, RESTART, dtype=np.int8)
         self._step_mode = np.full(1, STEP, dtype=np.int8)
         self._zero = np.zeros(1)
         self._trace: list[tuple[float, float, float, float]] = []
+        self._ended = True   # no episode yet: step() needs a reset() first
 
     def _info(self) -> dict[str, float]:
         c, s = self._core, self._core.state
@@ -288,14 +294,19 @@ class CruiseControlEnv(gym.Env):
         c = self._core
         c.prepare(0, self.np_random)
         c.run(self._zero, self._reset_mode)
+        self._ended = False
         if self.render_mode is not None:
             self._trace = []
             self._record()
         return c.obs[0].copy(), self._info()
 
     def step(self, action):
+        if self._ended:
+            raise ResetNeeded("call reset() before step(): no episode is running (none "
+                              "started, or the last one ended)")
         c = self._core
         c.run(c.action(action, self.action_space.shape), self._step_mode)
+        self._ended = bool(c.terminated[0] or c.truncated[0])
         if self.render_mode is not None:
             self._record()
         return (c.obs[0].copy(), float(c.reward[0]), bool(c.terminated[0]),

@@ -98,12 +98,14 @@ LAW_PID = 0.0
 # ``u = out_offset + out_scale*out_act(last layer)``; for the integrator header
 # the law uses integrate = 1, aw_gain = kaw, aw_slope = 1 (``dz = e + kaw*(a-u)``).
 LAW_MLP = 1.0
+# ``start_hold`` = 1: the run starts with the actuator holding the initial speed
+# (as the gymnasium env starts), not at the network's output at zero error.
 MLP_LAYOUT = CTRL_HEADER + ("n_weight_layers", "activation", "alpha", "out_activation",
-                            "out_scale", "out_offset", "scratch", "width",
+                            "out_scale", "out_offset", "scratch", "width", "start_hold",
                             "in_scale_e", "in_scale_z", "in_scale_d", "in_scale_y",
                             "in_scale_r")
 (M_NLAYERS, M_ACT, M_ALPHA, M_OUT_ACT, M_OUT_SCALE, M_OUT_OFFSET, M_SCRATCH,
- M_WIDTH, M_IN_SCALE) = range(len(CTRL_HEADER), len(CTRL_HEADER) + 9)
+ M_WIDTH, M_START_HOLD, M_IN_SCALE) = range(len(CTRL_HEADER), len(CTRL_HEADER) + 10)
 N_MLP_HEADER = len(MLP_LAYOUT)
 # Activation codes (hidden: relu/leaky/tanh; output: linear/tanh).
 ACT_RELU, ACT_LEAKY, ACT_TANH, ACT_LINEAR = 0.0, 1.0, 2.0, 3.0
@@ -610,9 +612,12 @@ def controller_preload(a0, v0, cp):
 
     ``z0 = (phi_inv(a0) - feedforward * v0) / ki`` (0 when ki = 0) and the
     output ``phi(phi_inv(a0))`` it was producing. An MLP starts from
-    ``z0 = 0`` and its output at ``(0, 0, 0, v0, v0)``.
+    ``z0 = 0`` and its output at ``(0, 0, 0, v0, v0)``, or with ``start_hold``
+    from ``a0`` (the gymnasium env's start, for policies trained there).
     """
     if cp[C_LAW] == LAW_MLP:
+        if cp[M_START_HOLD] != 0.0:
+            return 0.0, a0
         return 0.0, mlp_forward(0.0, 0.0, 0.0, v0, v0, cp)
     s0 = _phi_inv(a0, cp[C_SLOPE])
     z0 = (s0 - cp[C_FF] * v0) / cp[C_KI] if cp[C_KI] != 0.0 else 0.0

@@ -679,7 +679,14 @@ def from_sb3(model, obs_scale=None, command_range: tuple[float, float] = (-1.0, 
         If the model's action space is not [-1, 1], its bounds are mapped onto
         ``command_range`` the same way.
     kaw : float
-        Anti-windup of the controller's integrator (as in the environment).
+        Anti-windup of the controller's integrator. The environment's
+        integrator has none (the agent owns the command), so 0 reproduces it.
+
+    The controller starts a run as the environment starts an episode
+    (``start="hold"``: the actuator holding the initial speed). With action
+    and observations in the env's terms, ``ctrlsim.simulate(env.unwrapped.scenario,
+    net)`` then follows the policy's episode; the network sees float64
+    inputs where the env hands the policy float32 ones clipped to +-100.
 
     The deterministic action (``model.predict(obs, deterministic=True)``)
     mapped to the command equals the controller's command, to rounding; SAC
@@ -744,7 +751,8 @@ def from_sb3(model, obs_scale=None, command_range: tuple[float, float] = (-1.0, 
     return MLPController(weights=tuple(ws), biases=tuple(bs), activation=activation,
                          alpha=alpha, input_scale=1.0 / obs,
                          output_activation="tanh" if squash else "linear",
-                         output_scale=scale, output_offset=offset, kaw=kaw)
+                         output_scale=scale, output_offset=offset, kaw=kaw,
+                         start="hold")
 
 
 # --------------------------------------------------------------------------

@@ -29,6 +29,7 @@ __all__ = ["MLPController", "load_mlp", "save_mlp", "HIDDEN_ACTIVATIONS",
 
 HIDDEN_ACTIVATIONS = {"relu": K.ACT_RELU, "leaky": K.ACT_LEAKY, "tanh": K.ACT_TANH}
 OUTPUT_ACTIVATIONS = {"linear": K.ACT_LINEAR, "tanh": K.ACT_TANH}
+STARTS = ("output", "hold")
 N_INPUTS = 5
 INPUT_NAMES = ("e", "z", "d", "y", "r")
 # Bounds on what a file may ask for (memory and per-step work stay small).
@@ -77,6 +78,12 @@ class MLPController:
         ``u = output_offset + output_scale * output_activation(last layer)``.
     kaw : float
         Anti-windup of the integrator ``dz = e + kaw*(a - u)``; z starts at 0.
+    start : {"output", "hold"}
+        How a run starts (the plant cruising at the initial speed either way):
+        ``"output"``, the actuator at the network's own command at zero error
+        (the rule for every controller, ``docs/model.md``); ``"hold"``, the
+        actuator at the force that holds the initial speed, as the gymnasium
+        env starts an episode (what :func:`ctrlsim.learn.from_sb3` sets).
     source : str
         File the network was loaded from ("" if built in memory); used in ``spec``.
     """
@@ -90,6 +97,7 @@ class MLPController:
     output_scale: float = 1.0
     output_offset: float = 0.0
     kaw: float = 0.0
+    start: str = "output"
     source: str = ""
 
     kind: ClassVar[str] = "mlp"
@@ -99,6 +107,9 @@ class MLPController:
         if self.activation not in HIDDEN_ACTIVATIONS:
             raise ParameterError("activation", f"unknown activation {self.activation!r} "
                                  f"(expected one of {', '.join(HIDDEN_ACTIVATIONS)})")
+        if self.start not in STARTS:
+            raise ParameterError("start", f"unknown start {self.start!r} (expected output "
+                                 "or hold)")
         if self.output_activation not in OUTPUT_ACTIVATIONS:
             raise ParameterError("output_activation", "unknown output activation "
                                  f"{self.output_activation!r} (expected linear or tanh)")
@@ -165,7 +176,7 @@ class MLPController:
                     activation=HIDDEN_ACTIVATIONS[self.activation], alpha=self.alpha,
                     out_activation=OUTPUT_ACTIVATIONS[self.output_activation],
                     out_scale=self.output_scale, out_offset=self.output_offset,
-                    scratch=scratch, width=width)
+                    scratch=scratch, width=width, start_hold=float(self.start == "hold"))
         for i, name in enumerate(K.MLP_LAYOUT[:-N_INPUTS]):
             cp[i] = head[name]
         cp[K.N_MLP_HEADER - N_INPUTS:K.N_MLP_HEADER] = self.input_scale
@@ -255,7 +266,8 @@ def save_mlp(ctl: MLPController, path) -> None:
               "input_scale": ctl.input_scale,
               "output_activation": np.array(ctl.output_activation),
               "output_scale": np.array(ctl.output_scale),
-              "output_offset": np.array(ctl.output_offset), "kaw": np.array(ctl.kaw)}
+              "output_offset": np.array(ctl.output_offset), "kaw": np.array(ctl.kaw),
+              "start": np.array(ctl.start)}
     for i, (w, b) in enumerate(zip(ctl.weights, ctl.biases)):
         arrays[f"W{i}"], arrays[f"b{i}"] = w, b
     if hasattr(path, "write"):
@@ -266,7 +278,7 @@ def save_mlp(ctl: MLPController, path) -> None:
 
 
 _SCALARS = {"alpha": None, "output_scale": None, "output_offset": 0.0, "kaw": 0.0}
-_STRINGS = {"activation": None, "output_activation": "linear"}
+_STRINGS = {"activation": None, "output_activation": "linear", "start": "output"}
 
 
 def load_mlp(path: str | PathLike, label: str | None = None) -> MLPController:
@@ -312,6 +324,8 @@ def load_mlp(path: str | PathLike, label: str | None = None) -> MLPController:
                 raise fail(name, reason) from None
             except (OSError, zipfile.BadZipFile, EOFError) as exc:
                 raise fail(name, f"cannot read: {exc}") from None
+            if not isinstance(arrays[name], np.ndarray):  # numpy hands back raw bytes
+                raise fail(name, "cannot read: not a .npy array")
     return _from_arrays(arrays, fail, label)
 
 
@@ -341,7 +355,8 @@ def _from_arrays(arrays: dict, fail, label: str) -> MLPController:
             raise fail(name, f"must be a string, got dtype {arr.dtype} shape {arr.shape}")
         value = str(arr)
         if value not in allowed:
-            raise fail(name, f"unknown activation {safe_text(value[:40])!r} "
+            what = "start" if name == "start" else "activation"
+            raise fail(name, f"unknown {what} {safe_text(value[:40])!r} "
                        f"(expected one of {', '.join(allowed)})")
         return value
 
@@ -358,9 +373,10 @@ def _from_arrays(arrays: dict, fail, label: str) -> MLPController:
         if name not in known:
             raise fail(safe_text(name[:60]), "unknown array (expected layers, W0..W"
                        f"{n_hidden}, b0..b{n_hidden}, activation, alpha, input_scale, "
-                       "output_activation, output_scale, output_offset, kaw)")
+                       "output_activation, output_scale, output_offset, kaw, start)")
     activation = string("activation", None, HIDDEN_ACTIVATIONS)
     out_act = string("output_activation", "linear", OUTPUT_ACTIVATIONS)
+    start = string("start", "output", STARTS)
     alpha = scalar("alpha", None) if activation == "leaky" else scalar("alpha", 0.0)
     values = {k: scalar(k, d) for k, d in _SCALARS.items() if k != "alpha"}
     n_in = N_INPUTS
@@ -391,7 +407,8 @@ def _from_arrays(arrays: dict, fail, label: str) -> MLPController:
     try:
         return MLPController(weights=tuple(weights), biases=tuple(biases),
                              activation=activation, alpha=alpha, input_scale=scale,
-                             output_activation=out_act, source=label, **values)
+                             output_activation=out_act, start=start, source=label,
+                             **values)
     except ParameterError as exc:
         raise fail(exc.key, exc.reason) from None
 

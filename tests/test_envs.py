@@ -190,6 +190,45 @@ def test_actions_nan_and_clipping():
         v.step(np.array([[0.0], [np.nan]]))
 
 
+def test_step_needs_a_running_episode():
+    env = CruiseControlEnv(scenario=_explosive())
+    with pytest.raises(gym.error.ResetNeeded):
+        env.step(np.zeros(1))
+    env.reset(seed=0)
+    done = False
+    while not done:
+        _, _, term, trunc, _ = env.step(np.zeros(1))
+        done = term or trunc
+    with pytest.raises(gym.error.ResetNeeded):
+        env.step(np.zeros(1))
+    env.reset()
+    env.step(np.zeros(1))
+
+
+def test_vector_actions_must_have_the_declared_shape():
+    v = CruiseControlVectorEnv(2)
+    v.reset(seed=0)
+    v.step(np.zeros((2, 1)))
+    v.step(np.zeros(2))
+    for shape in ((1, 2), (2, 1, 1), (4,)):
+        with pytest.raises(ValueError, match="shape"):
+            v.step(np.zeros(shape))
+
+
+def test_render_fps_is_positive_for_slow_control():
+    env = CruiseControlEnv(control_period=3.0, render_mode="rgb_array")
+    assert env.metadata["render_fps"] == 1
+
+
+def test_start_force_is_one_the_actuator_can_give():
+    """A start the actuator cannot hold begins at its limit, as simulate() begins it."""
+    sc = dataclasses.replace(_scenario("payload"), plant=make_plant("robot", force_max=2.0))
+    with pytest.warns(ctrlsim.StartWarning):
+        tr = ctrlsim.simulate(sc, "leaky:0.1")
+    _, info = CruiseControlEnv(scenario=sc).reset(seed=0)
+    assert info["force"] == tr.force[0] == 2.0
+
+
 @pytest.mark.parametrize("kwargs, key", [
     ({"substeps": 2.5}, "substeps"), ({"substeps": 0}, "substeps"),
     ({"randomize": "yes"}, "randomize"), ({"control_period": -0.1}, "control_period"),

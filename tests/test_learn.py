@@ -67,6 +67,16 @@ def test_preload_is_the_output_at_cruise():
     assert u0 == pytest.approx(net.forward(np.array([0, 0, 0, 2.0, 2.0])), abs=1e-12)
 
 
+def test_a_holding_start_preloads_the_holding_command(tmp_path):
+    net = replace(random_net(np.random.default_rng(3)), start="hold")
+    assert K.controller_preload(5.0, 2.0, net.pack()) == (0.0, 5.0)
+    net.save(tmp_path / "h.npz")
+    back = load_mlp(tmp_path / "h.npz")
+    assert back.start == "hold" and np.array_equal(back.pack(), net.pack())
+    with pytest.raises(ParameterError, match="start"):
+        replace(net, start="warm")
+
+
 def test_batch_mixes_mlp_and_pid_rows_bit_identically():
     rng = np.random.default_rng(4)
     sc = short()
@@ -126,6 +136,7 @@ BAD = {
     "output activation": (lambda a, m: a.update(output_activation=np.array("sigmoid")),
                           "output_activation", "unknown activation"),
     "alpha missing": (lambda a, m: a.pop("alpha"), "alpha", "missing"),
+    "start": (lambda a, m: a.update(start=np.array("warm")), "start", "unknown start"),
     "unknown array": (lambda a, m: a.update(W7=np.ones(2)), "W7", "unknown array"),
     "layers float": (lambda a, m: a.update(layers=np.array(1.0)), "layers", "integer"),
     "pickle": (lambda a, m: a.update(W0=np.array([Boom(m)], dtype=object)), "W0", "pickled"),
@@ -147,6 +158,21 @@ def test_malformed_files_name_file_and_array(tmp_path, case, capsys):
     err = capsys.readouterr().err
     assert str(path) in err and key in err and "Traceback" not in err
     assert not marker.exists()
+
+
+def test_a_corrupt_member_names_the_array(tmp_path, capsys):
+    import zipfile
+
+    good, path = tmp_path / "good.npz", tmp_path / "bad.npz"
+    _write(good, **_good_arrays())
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(path, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, b"garbage" if info.filename == "W0.npy" else src.read(info))
+    with pytest.raises(MLPFileError, match="not a .npy array") as info:
+        load_mlp(path)
+    assert info.value.key == "W0"
+    assert main(["run", "decel", "-c", f"mlp:{path}"]) == 2
+    assert "W0" in capsys.readouterr().err
 
 
 def test_not_an_archive(tmp_path):
@@ -356,6 +382,43 @@ def test_from_sb3_matches_predict(algo):
     cp = net.pack()
     kern = np.clip([K.mlp_forward(*row, cp) for row in obs.astype(float) * obs_scale], -20, 20)
     np.testing.assert_allclose(kern, want, atol=1e-6 * 20)
+
+
+@pytest.mark.parametrize("algo", ["SAC", "PPO"])
+def test_from_sb3_policy_in_simulate_follows_its_env_episode(algo):
+    """Exported with from_sb3, a policy run by simulate() on the env's scenario follows
+    the episode the env gives it, from a cruise at 2 m/s (so the start matters)."""
+    sb3 = pytest.importorskip("stable_baselines3")
+    import torch
+
+    from ctrlsim.envs import SPEED_SCALE, CruiseControlEnv
+
+    env = CruiseControlEnv(scenario="payload")
+    torch.manual_seed(1)
+    kwargs = dict(policy_kwargs=dict(net_arch=[16, 16]), device="cpu")
+    if algo == "PPO":
+        kwargs.update(n_steps=16, batch_size=16)
+    model = getattr(sb3, algo)("MlpPolicy", env, **kwargs)
+    sc = env.scenario
+    net = L.from_sb3(model, obs_scale=np.full(5, SPEED_SCALE[sc.plant.preset]),
+                     command_range=sc.plant.command_limits)
+    obs, info = env.reset(seed=0)
+    speeds, forces, done = [info["speed"]], [info["force"]], False
+    while not done:
+        act, _ = model.predict(obs, deterministic=True)
+        obs, _, term, trunc, info = env.step(act)
+        speeds.append(info["speed"])
+        forces.append(info["force"])
+        done = term or trunc
+    tr = ctrlsim.simulate(sc, net)
+    assert tr.force[0] == forces[0]          # the same start, bit for bit
+    assert len(speeds) == tr.speed.size
+    # The env hands the policy float32 observations: agreement to their rounding.
+    np.testing.assert_allclose(tr.speed, speeds, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(tr.force, forces, rtol=0, atol=1e-3)
+    # Started from the network's own output instead, the run differs visibly.
+    other = ctrlsim.simulate(sc, replace(net, start="output"))
+    assert abs(other.force[0] - forces[0]) > 0.1
 
 
 def test_cli_train_writes_network_plot_and_table(tmp_path):
