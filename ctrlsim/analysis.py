@@ -6,7 +6,8 @@ plant is linear (its Jacobian, written out below from docs/model.md), the contro
 linear apart from ``phi``, and ``phi`` is slope-restricted to [alpha, 1]. That is a Lur'e
 system, and this module
 
-- finds the operating point (final set speed, final grade, final payload and force),
+- finds the operating point (final set speed, the grade beyond the road's last breakpoint
+  or at the end time, final payload and force),
 - linearises the plant there, actuator lag included, as a ``control.StateSpace`` from the
   command to the speed,
 - discretises it with a zero-order hold at the control period (``control.c2d``) and closes
@@ -71,7 +72,9 @@ class OperatingPoint:
         ``s*`` with ``phi(s*) = a*``; its sign says which linear mode is active.
     feasible : bool
         False if the actuator or the activation cannot produce ``a*`` (e.g. ReLU would have
-        to brake, or the command is beyond the limits): there is no equilibrium to certify.
+        to brake, or the command is beyond the limits): there is no equilibrium at the set
+        speed to certify. Also False with ki = 0 when the balancing command is on a limit
+        (the clip holds it: no linear mode applies).
     reason : str
         Why it is infeasible ("" if feasible).
     """
@@ -133,7 +136,10 @@ class CircleResult:
 
     def to_dict(self) -> dict:
         return {"sector": list(self.sector), "certified": bool(self.certified),
-                "margin": float(self.margin)}
+                "margin": float(self.margin), "reason": self.reason,
+                "jury_lee": None if self.popov_certified is None else {
+                    "certified": bool(self.popov_certified),
+                    "margin": float(self.popov_margin), "q": float(self.popov_q)}}
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,15 +157,33 @@ class Analysis:
     simulated: dict[str, float] | None
     simulated_ok: bool | None
 
+    @property
+    def locally_stable(self) -> bool | None:
+        """Whether the equilibrium is locally exponentially stable, from its active mode.
+
+        Away from the kink (``s* != 0``) phi is linear near the operating point, so the
+        real loop is, locally, the active mode (Lyapunov's indirect method): stable iff
+        that mode is. None without an operating point or with ``s*`` on the kink, where
+        only the sector certificate speaks.
+        """
+        op = self.operating_point
+        if not op.feasible or op.preactivation == 0.0:
+            return None
+        return any(m.active and m.stable for m in self.modes)
+
     def noise_bound(self, eps: float) -> float:
         """Largest change of the command in one sample for measurement errors ``|n| <= eps``."""
-        return self.lipschitz * abs(finite_float("eps", eps))
+        eps = finite_float("eps", eps)
+        if eps < 0.0:
+            raise ParameterError("eps", f"is a bound on |n|, must be >= 0, got {eps:g}")
+        return self.lipschitz * eps
 
     def to_dict(self) -> dict:
         """The JSON of ``ctrlsim analyze --json``."""
-        p = self.plant
+        p, op = self.plant, self.operating_point
         return {"scenario": self.scenario.name, "controller": self.controller.spec,
-                "operating_speed": self.operating_point.speed,
+                "operating_speed": op.speed, "feasible": bool(op.feasible),
+                "reason": op.reason, "locally_stable": self.locally_stable,
                 "plant": {k: np.asarray(getattr(p, k), dtype=float).tolist()
                           for k in ("A", "B", "C", "D")},
                 "modes": [m.to_dict() for m in self.modes],
@@ -241,6 +265,11 @@ def operating_point(scenario: Scenario, controller: Controller) -> OperatingPoin
     def needed(v: float) -> float:
         return _resistance(plant, v, m, theta)[0] + m * plant.gravity * math.sin(theta) - f_ext
 
+    # With back-calculation the integrator stays bounded when the command clips or the
+    # ReLU coasts, so the loop can rest at another speed (not analysed here).
+    aw = ("; with anti-windup (kaw > 0) the loop can still come to rest at another "
+          "speed, coasting or on a limit, which this analysis does not linearise"
+          if ctl.kaw > 0.0 and ctl.ki != 0.0 else "")
     v = r
     if ctl.ki == 0.0:
         # No integral action: the speed settles where the proportional command balances.
@@ -255,17 +284,27 @@ def operating_point(scenario: Scenario, controller: Controller) -> OperatingPoin
     a = _command_for(plant, force, v)
     if a is None:
         return OperatingPoint(v, theta, m, f_ext, force, math.nan, math.nan, False,
-                              f"the actuator cannot produce {force:.4g} N at {v:g} m/s")
+                              f"the actuator cannot produce {force:.4g} N at {v:g} m/s"
+                              + aw)
     if not lo <= a <= hi:
         return OperatingPoint(v, theta, m, f_ext, force, a, math.nan, False,
                               f"holding {v:g} m/s needs command {a:.4g}, beyond the limits "
-                              f"[{lo:g}, {hi:g}]")
+                              f"[{lo:g}, {hi:g}]" + aw)
     if ctl.ki == 0.0:
         s = ctl.kp * (r - v) + ctl.feedforward * r
+        u = _phi(s, alpha)
+        if not lo < u < hi:
+            # The clip holds the command: locally the loop is open (slope 0), which
+            # neither linear mode describes.
+            return OperatingPoint(v, theta, m, f_ext, force, a, s, False,
+                                  f"ki = 0 and the speed settles at {v:.4g} m/s with the "
+                                  f"command on its limit (law output {u:.4g}, limits "
+                                  f"[{lo:g}, {hi:g}]): the clip holds it there, so the "
+                                  "loop is open and its linear modes do not apply")
     elif a < 0.0 and alpha == 0.0:
         return OperatingPoint(v, theta, m, f_ext, force, a, math.nan, False,
                               f"holding {v:g} m/s needs braking (command {a:.4g}) and phi "
-                              "has slope 0 for s < 0 (ReLU): it can only coast")
+                              "has slope 0 for s < 0 (ReLU): it can only coast" + aw)
     else:
         s = a / alpha if a < 0.0 else a
     return OperatingPoint(v, theta, m, f_ext, force, a, s, True)
@@ -358,9 +397,17 @@ def lure_loop(plant_ss: control.StateSpace, ctl: Controller, ts: float) -> contr
 
 
 def close_loop(loop: control.StateSpace, slope: float) -> control.StateSpace:
-    """The loop with ``u = slope * s`` (python-control ``feedback``, positive sign)."""
+    """The loop with ``u = slope * s`` added to its input ``u`` (positive feedback).
+
+    What ``control.feedback(loop, K, sign=1)`` computes, written out: ``u`` feeds
+    through to neither output (``D[:, 0] = 0``), so there is no algebraic loop to
+    solve. (python-control's rank test of ``I - K D`` fails once ``kp`` is ~1e8,
+    although that matrix is unit upper triangular.)
+    """
+    A, B, C, D = (np.asarray(x, dtype=float) for x in (loop.A, loop.B, loop.C, loop.D))
     K = np.array([[slope, 0.0], [0.0, 0.0]])
-    return control.feedback(loop, K, sign=1)
+    return control.ss(A + B @ K @ C, B + B @ K @ D, C, D, loop.dt,
+                      inputs=loop.input_labels, outputs=loop.output_labels)
 
 
 def _least_damped(poles: np.ndarray, ts: float) -> tuple[float, float]:
@@ -393,8 +440,9 @@ def _mode(loop: control.StateSpace, slope: float, ts: float, horizon: float,
         t = np.arange(n + 1) * ts
         resp = control.forced_response(cl[1, 1], T=t, U=np.ones(t.size))
         y = np.asarray(resp.outputs, dtype=float).ravel()
-        info = step_info(t, y, initial=0.0, final=1.0)
-        overshoot, settling = info["overshoot"], info["settling_time"]
+        if np.max(np.abs(y)) > 1e-9:  # else the reference does not reach the speed
+            info = step_info(t, y, initial=0.0, final=1.0)
+            overshoot, settling = info["overshoot"], info["settling_time"]
     return Mode(slope=float(slope), poles=poles, damping=zeta, wn=wn, stable=bool(stable),
                 spectral_radius=rho, overshoot=float(overshoot), settling_time=float(settling),
                 active=active)
@@ -421,7 +469,9 @@ def circle_criterion(loop: control.StateSpace, lo: float, hi: float) -> CircleRe
     if not lower_stable:
         why = (f"the loop with the lower slope {lo:g} is not stable "
                f"(spectral radius {rho_lo:.6g})")
-        return CircleResult((lo, hi), False, 1.0 - rho_lo, False, why, _OMEGA, G)
+        # Jury-Lee needs that loop stable too (it transforms about the lower slope).
+        popov = None if hi <= lo else False
+        return CircleResult((lo, hi), False, 1.0 - rho_lo, False, why, _OMEGA, G, popov)
     with np.errstate(all="ignore"):
         Z = (1.0 + hi * G) / (1.0 + lo * G)
     re = Z.real[np.isfinite(Z.real)]
@@ -535,6 +585,8 @@ def analyze(scenario, controller=None, simulate: bool = True) -> Analysis:
         If the operating point is infeasible the linearisation is taken at the clipped
         command and the certificate is refused (``circle.certified`` False).
     """
+    if not isinstance(simulate, bool):
+        raise ParameterError("simulate", f"must be True or False, got {simulate!r}")
     sc, ctl = _prepare(scenario, controller)
     op = operating_point(sc, ctl)
     lin_op = op
@@ -556,7 +608,7 @@ def analyze(scenario, controller=None, simulate: bool = True) -> Analysis:
     circle = circle_criterion(loop, min(alpha, 1.0), max(alpha, 1.0))
     if not op.feasible:
         circle = replace(circle, certified=False, popov_certified=False,
-                         reason="no equilibrium: " + op.reason)
+                         reason="no operating point: " + op.reason)
     simulated = ok = None
     if simulate:
         from .simulate import simulate as run

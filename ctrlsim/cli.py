@@ -300,8 +300,15 @@ def _analysis_report(an) -> str:
         mode = "slope 1" if op.preactivation >= 0 else f"slope {an.controller.slope:g}"
         lines.append(f"{head}: force {op.force:.4g} N, command {op.command:.4g}{unit}, "
                      f"s* = {op.preactivation:.4g} ({mode} active)")
+    elif an.controller.ki == 0.0:
+        lines.append(f"{head}: NOT ANALYSED ({op.reason})")
+    elif an.controller.kaw > 0.0:
+        lines.append(f"{head}: NO EQUILIBRIUM AT THE SET SPEED ({op.reason})")
     else:
         lines.append(f"{head}: NO EQUILIBRIUM ({op.reason})")
+    if sc.reference.kind == "cycle":
+        lines.append("note        a drive cycle: analysed at its last set speed, "
+                     f"{op.speed:g} m/s, not along the cycle")
     A = np.asarray(an.plant.A)
     B = np.asarray(an.plant.B)
     def mat(x) -> str:
@@ -321,15 +328,24 @@ def _analysis_report(an) -> str:
         lines.append(f"simulated   overshoot {num(sim['overshoot'])} %, settling "
                      f"{num(sim['settling_time'])} s; stable and settling: "
                      f"{'yes' if an.simulated_ok else 'NO'}")
+    local = an.locally_stable
+    if local is not None:
+        lines.append("local       " + ("the active mode is stable: the equilibrium is locally "
+                                       "exponentially stable" if local else
+                                       "the active mode is NOT stable: the equilibrium is "
+                                       "unstable"))
     lo, hi = circ.sector
     verdict = "CERTIFIED" if circ.certified else "not certified"
     lines.append(f"circle      phi in [{lo:g}, {hi:g}]: {verdict}, margin {circ.margin:.3g}"
                  + (f" ({circ.reason})" if circ.reason else "")
-                 + "; local, about the operating point (docs/analysis.md)")
+                 + "; covers the linearised loop with any phi in the sector "
+                   "(docs/analysis.md)")
     if circ.popov_certified is not None:
+        detail = (f"margin {circ.popov_margin:.3g} at q = {circ.popov_q:.3g}"
+                  if math.isfinite(circ.popov_margin) else
+                  "the loop with the lower slope is not stable")
         lines.append(f"popov       Jury-Lee test (phi monotone, slope-restricted): "
-                     f"{'CERTIFIED' if circ.popov_certified else 'not certified'}, "
-                     f"margin {circ.popov_margin:.3g} at q = {circ.popov_q:.3g}")
+                     f"{'CERTIFIED' if circ.popov_certified else 'not certified'}, {detail}")
     eps = sc.sensor.speed_noise_std * 3 or 0.01
     what = "3 x the sensor's noise std" if sc.sensor.speed_noise_std else "e.g."
     lines.append(f"noise       Lipschitz {an.lipschitz:.4g} cmd/(m/s) over one sample: "

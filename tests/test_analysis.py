@@ -11,9 +11,19 @@ from scipy.optimize import minimize
 
 import ctrlsim
 from ctrlsim import kernels as K
-from ctrlsim.analysis import analyze, certify, lipschitz, stability_map
+from ctrlsim.analysis import (
+    analyze,
+    certify,
+    close_loop,
+    linearize_plant,
+    lipschitz,
+    lure_loop,
+    operating_point,
+    stability_map,
+)
 from ctrlsim.cli import main
 from ctrlsim.scenario import Event, Reference, Road, Scenario
+from ctrlsim.validation import ParameterError
 
 
 # --------------------------------------------------------------------------
@@ -255,17 +265,21 @@ def test_cli_json_schema(capsys, tmp_path):
     plot = tmp_path / "nyq.png"
     assert main(["analyze", "decel", "--json", "--plot", str(plot)]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert set(data) == {"scenario", "controller", "operating_speed", "plant", "modes",
-                         "circle", "lipschitz"}
+    assert set(data) == {"scenario", "controller", "operating_speed", "feasible", "reason",
+                         "locally_stable", "plant", "modes", "circle", "lipschitz"}
     assert data["scenario"] == "decel" and data["operating_speed"] == 1.0
+    assert data["feasible"] is True and data["reason"] == ""
+    assert data["locally_stable"] is True
     assert set(data["plant"]) == {"A", "B", "C", "D"}
     assert np.asarray(data["plant"]["A"]).shape == (2, 2)
     assert [m["slope"] for m in data["modes"]] == [1.0, 0.1]
     for m in data["modes"]:
         assert set(m) == {"slope", "poles", "damping", "wn", "stable"}
         assert all(len(p) == 2 for p in m["poles"]) and m["stable"] is True
-    assert set(data["circle"]) == {"sector", "certified", "margin"}
+    assert set(data["circle"]) == {"sector", "certified", "margin", "reason", "jury_lee"}
     assert data["circle"]["sector"] == [0.1, 1.0] and data["circle"]["certified"] is True
+    assert set(data["circle"]["jury_lee"]) == {"certified", "margin", "q"}
+    assert data["circle"]["jury_lee"]["certified"] is True
     assert data["lipschitz"] == pytest.approx(100.2)
     assert plot.stat().st_size > 10_000
 
@@ -276,3 +290,66 @@ def test_cli_report_and_errors(capsys):
     assert "not certified" in out and "NO EQUILIBRIUM" in out and "Lipschitz" in out
     assert main(["analyze", "decel", "-c", "nope"]) == 2
     assert main(["analyze", "no-such-scenario"]) == 2
+
+
+# --------------------------------------------------------------------------
+# Operating points the linear modes do not describe, and robustness
+# --------------------------------------------------------------------------
+def test_ki0_equilibrium_on_the_actuator_limit_is_not_analysed():
+    """With ki = 0 the speed can settle with the command clipped: the loop is open there,
+    so the slope-1 mode (and a certificate of it) would describe the wrong loop."""
+    sc = Scenario(reference=Reference([(0.0, 4.0)]), initial_speed=4.0, duration=60.0,
+                  road=Road(((0.0, 2.0),)))
+    with pytest.warns(ctrlsim.StartWarning):   # 4 m/s up 2 deg is beyond the actuator
+        an = analyze(sc, "linear,kp=50,ki=0")
+        tr = ctrlsim.simulate(sc, "linear,kp=50,ki=0")
+    op = an.operating_point
+    assert not op.feasible and "limit" in op.reason
+    lo, hi = sc.plant.command_limits
+    assert tr.applied[-1] == hi and tr.command[-1] > hi       # the clip holds it
+    assert op.speed == pytest.approx(tr.speed[-1], abs=1e-3)  # where it settles
+    assert not an.circle.certified and an.locally_stable is None
+
+
+def test_antiwindup_reason_says_another_rest_point_may_exist(capsys):
+    sc = replace(ctrlsim.load_scenario("downhill"), duration=120.0)
+    an = analyze(sc, "relu,kaw=2")
+    assert not an.operating_point.feasible and "another speed" in an.operating_point.reason
+    tr = ctrlsim.simulate(sc, "relu,kaw=2")
+    tail = tr.speed[-len(tr.speed) // 10:]
+    assert np.ptp(tail) < 1e-3 and tail[-1] > 2.5   # it rests, coasting, above the set speed
+    assert "another speed" not in analyze(sc, "relu,kaw=0").operating_point.reason
+    assert main(["analyze", "downhill", "-c", "relu,kaw=2"]) == 0
+    assert "NO EQUILIBRIUM AT THE SET SPEED" in capsys.readouterr().out
+
+
+def test_close_loop_matches_control_feedback_and_survives_huge_gains():
+    sc = ctrlsim.load_scenario("decel")
+    for spec in ("leaky:0.1", "linear,kd=2", "relu,kaw=2"):
+        ctl = sc.resolved_controller(ctrlsim.controller(spec))
+        op = operating_point(sc, ctl)
+        loop = lure_loop(linearize_plant(sc, op), ctl, sc.control_period)
+        for slope in (1.0, ctl.slope):
+            ref = control.feedback(loop, np.array([[slope, 0.0], [0.0, 0.0]]), sign=1)
+            got = close_loop(loop, slope)
+            for name in "ABCD":
+                np.testing.assert_allclose(getattr(got, name), getattr(ref, name),
+                                           rtol=1e-12, atol=1e-12)
+    an = analyze("decel", "linear,kp=1e8", simulate=False)
+    assert not an.modes[0].stable and an.locally_stable is False
+
+
+def test_locally_stable_from_the_active_mode_where_the_certificate_fails():
+    an = analyze("fbs-windup", simulate=False)
+    assert not an.circle.certified and an.circle.popov_certified is False
+    assert an.locally_stable is True
+    relu0 = analyze("downhill", "relu,kaw=2", simulate=False)
+    assert math.isnan(relu0.modes[1].overshoot)     # the reference never reaches the speed
+
+
+def test_bad_arguments_are_parameter_errors():
+    with pytest.raises(ParameterError, match="simulate"):
+        analyze("decel", simulate="no")
+    an = analyze("decel", simulate=False)
+    with pytest.raises(ParameterError, match="eps"):
+        an.noise_bound(-0.1)
