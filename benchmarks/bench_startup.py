@@ -26,6 +26,8 @@ import sys
 import tempfile
 import time
 
+from installed import byte_compile
+
 REPEATS = 2
 COMPARE = ["compare", "decel", "-c", "relu", "-c", "leaky:0.1", "-c", "linear"]
 
@@ -89,6 +91,7 @@ def top_imports(n: int = 6) -> list[tuple[str, float]]:
 
 
 def main() -> None:
+    byte_compile()
     cases = {name: [sys.executable, "-c", code] for name, code in CASES.items()}
     if has_cli():
         cases["python -m ctrlsim --help"] = [sys.executable, "-m", "ctrlsim", "--help"]

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from installed import byte_compile
+
 SCENARIO = """name = "bench-robot"
 duration = 20.0
 control_period = 0.01
@@ -85,6 +87,7 @@ def main() -> None:
     ap.add_argument("--threads", default="2,1", help="NUMBA_NUM_THREADS values to compare")
     ap.add_argument("--repeat", type=int, default=3, help="runs per thread count (best kept)")
     args = ap.parse_args()
+    byte_compile()
     threads = [int(t) for t in args.threads.split(",")]
     substeps_per_run = 2001 * 5
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from bench_sweep import SCENARIO, grid
+from installed import byte_compile
 
 CHILD = """
 import importlib, json, os, sys, time
@@ -67,6 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
+    byte_compile()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "bench.toml").write_text(SCENARIO)
