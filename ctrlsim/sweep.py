@@ -13,12 +13,14 @@ Every path gives the same table bit for bit (see ``docs/sweeps.md``).
 
 from __future__ import annotations
 
-import csv as _csv
 import hashlib
+import io
 import itertools
 import json
 import os
+import threading
 import uuid
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -212,7 +214,8 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
     plan = _make_plan(scenario, names, axes, plant_table, base)
     total = plan.rows
     check_setup(scenario, [base], plant_table[:, K.P_TAU], total // len(plant_table))
-    metrics = np.empty((total, N_METRICS))
+    # Column-major: each metric of the result is a view of one column, not a copy.
+    metrics = np.empty((total, N_METRICS), order="F")
     div_at = np.empty(total, dtype=np.int64)
     client, own = _connect(scheduler) if scheduler is not None else (None, False)
     sink = None
@@ -265,7 +268,7 @@ def sweep(scenario: Scenario, params: Mapping[str, Sequence[float]],
     return SweepResult(
         names=names, axes=tuple(np.asarray(a, dtype=float) for a in axes),
         values={n: np.asarray(a, dtype=float)[i] for n, a, i in zip(names, axes, idx)},
-        metrics={m: metrics[:, j].copy() for j, m in enumerate(METRIC_KEYS)},
+        metrics={m: metrics[:, j] for j, m in enumerate(METRIC_KEYS)},
         diverged=div_at >= 0, trajectories=trajs)
 
 
@@ -517,6 +520,12 @@ def _trajectories(scenario, base, plan, lo, hi, out, div):
     return trajs
 
 
+# Seconds for connecting to a scheduler address, handshake included (Dask's own
+# timeout covers the TCP connect only: a port that accepts and never answers,
+# e.g. a dashboard, would hang the sweep).
+CONNECT_DEADLINE = 20.0
+
+
 def _connect(scheduler):
     """``(client, owned)`` for a scheduler address or client, checked before any work."""
     try:
@@ -525,13 +534,37 @@ def _connect(scheduler):
         raise ParameterError("scheduler", "needs Dask: pip install 'ctrlsim[dask]'") from None
     if isinstance(scheduler, Client):
         return scheduler, False
-    if isinstance(scheduler, str):
+    if not isinstance(scheduler, str):
+        raise ParameterTypeError("scheduler", "must be an address such as tcp://HOST:PORT, "
+                                 f"or a dask.distributed.Client, got "
+                                 f"{type(scheduler).__name__}")
+    outcome: list = []
+
+    def connect() -> None:
         try:
-            return Client(scheduler, timeout="10s"), True
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise ParameterError("scheduler", f"cannot connect to {scheduler}: {exc}") from None
-    raise ParameterTypeError("scheduler", "must be an address such as tcp://HOST:PORT, "
-                             f"or a dask.distributed.Client, got {type(scheduler).__name__}")
+            outcome.append(Client(scheduler, timeout="10s"))
+        except BaseException as exc:  # noqa: BLE001 - reported below, whatever it is
+            outcome.append(exc)
+
+    # A daemon thread: if the handshake never ends, it must not keep the process alive.
+    worker = threading.Thread(target=connect, name="ctrlsim-dask-connect", daemon=True)
+    worker.start()
+    worker.join(CONNECT_DEADLINE)
+    hint = " (a Dask scheduler address such as tcp://HOST:8786?"
+    hint += " tls:// needs scheduler=Client(ADDRESS, security=...))" \
+        if scheduler.startswith("tls://") else ")"
+    if not outcome:
+        raise ParameterError("scheduler", f"no Dask scheduler answered at {scheduler} "
+                             f"within {CONNECT_DEADLINE:g} s{hint}")
+    if isinstance(outcome[0], BaseException):
+        exc = outcome[0]
+        raise ParameterError("scheduler", f"cannot connect to {scheduler}: "
+                             f"{type(exc).__name__}: {exc}{hint}") from None
+    return outcome[0], True
+
+
+def _identity(x):
+    return x
 
 
 def _run_dask(plan, client, blocks, done, sink) -> None:
@@ -540,9 +573,11 @@ def _run_dask(plan, client, blocks, done, sink) -> None:
 
     futures = []
     try:
-        plan_f = client.scatter(plan, broadcast=True, hash=False)
         # Unique per call: a cancelled earlier run on the same client keeps no claim on keys.
         key = f"{plan.fingerprint[:12]}-{uuid.uuid4().hex[:8]}"
+        # The plan as a task, not scattered data: if every worker holding it dies,
+        # the scheduler computes it again (scattered data would be lost for good).
+        plan_f = client.submit(_identity, plan, key=f"ctrlsim-plan-{key}")
         futures = [client.submit(run_block, plan_f, lo, hi, key=f"ctrlsim-block-{key}-{lo}")
                    for lo, hi in blocks]
         bounds = dict(blocks)
@@ -551,7 +586,14 @@ def _run_dask(plan, client, blocks, done, sink) -> None:
         nxt = 0
         for fut in as_completed(futures):
             lo = int(fut.key.rsplit("-", 1)[1])
-            waiting[lo] = fut.result()
+            try:
+                waiting[lo] = fut.result()
+            except Exception as exc:  # a task or the cluster failed: no partial table
+                raise OutputError(
+                    f"the Dask sweep failed at rows {lo}-{bounds[lo]}: "
+                    f"{type(exc).__name__}: {exc}" + (
+                        f"; {sink.path} holds the finished blocks: run again with "
+                        "--resume" if sink is not None else "")) from None
             fut.release()
             # In grid order, so the CSV is always a prefix of the table.
             while nxt < len(order) and order[nxt] in waiting:
@@ -565,6 +607,8 @@ def _run_dask(plan, client, blocks, done, sink) -> None:
         for fut in futures:
             if not fut.done():
                 fut.cancel()
+        if futures:
+            plan_f.release()
 
 
 def _csv_rows(params: list[np.ndarray], diverged: np.ndarray, metrics: np.ndarray) -> str:
@@ -596,6 +640,23 @@ def _csv_floats(x: np.ndarray) -> list[str]:
     return text.split("],[")
 
 
+def _lock(fh, path: Path) -> None:
+    """Hold an exclusive advisory lock on the open file ``fh`` until it is closed
+    (POSIX ``flock``; where there is none, e.g. Windows or some NFS mounts, no lock)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise ParameterError("--csv", f"{path} is being written by another sweep (locked); "
+                             "wait for it or use another file") from None
+    except OSError:
+        return
+
+
 class _CsvSink:
     """The sweep table as a CSV that grows by finished blocks, in grid order.
 
@@ -614,19 +675,30 @@ class _CsvSink:
                 "block": self.plan.block}
 
     def open(self, metrics: np.ndarray, div_at: np.ndarray) -> int:
-        """Start the file (or continue it); returns the first row still to compute."""
+        """Start the file (or continue it); returns the first row still to compute.
+
+        The file stays locked (``flock``, POSIX) while the sweep runs, so a second
+        sweep on it (a requeued job, a job array) is refused instead of interleaving
+        rows; an unfinished sweep's file is only ever continued (``--resume``).
+        """
         from .files import atomic_write
 
-        start = 0
-        if self.resume and self.path.exists() and self.path.stat().st_size > 0:
-            start = self._read_finished(metrics, div_at)
-            self.fh = self._open("a")
-        else:
-            with atomic_write(self.state, "--csv", "w", encoding="utf-8") as fh:
-                fh.write(json.dumps(self._state()))
-            self.fh = self._open("w")
-            self._write(",".join(self.header) + "\n")
-        return start
+        self.fh = self._open("a")
+        _lock(self.fh, self.path)
+        if self.resume and self.path.stat().st_size > 0:
+            return self._read_finished(metrics, div_at)
+        if not self.resume and self.state.exists():
+            raise ParameterError("--csv", f"{self.path} holds an unfinished sweep "
+                                 f"({self.state.name} is next to it): give --resume to "
+                                 "continue it, or delete both files to start over")
+        with atomic_write(self.state, "--csv", "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(self._state()))
+        try:
+            self.fh.truncate(0)
+        except OSError as exc:
+            raise self._failed(exc) from None
+        self._write(",".join(self.header) + "\n")
+        return 0
 
     def _open(self, mode: str):
         try:
@@ -645,6 +717,11 @@ class _CsvSink:
         return OutputError(f"--csv {self.path}: cannot write ({exc.strerror or exc})")
 
     def _read_finished(self, metrics, div_at) -> int:
+        """Check the finished blocks against the sweep and load them; returns their rows.
+
+        Reads block by block (memory stays flat in the file's size) and cuts the
+        file after the last complete block.
+        """
         try:
             state = json.loads(self.state.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -655,34 +732,63 @@ class _CsvSink:
         if state != self._state():
             raise ParameterError("--resume", f"{self.path} belongs to a different sweep "
                                  "(scenario, controller, grid or version differ)")
+        plan, done = self.plan, 0
         with open(self.path, "rb") as fh:
-            data = fh.read()
-        lines = data.split(b"\n")
-        complete = lines[:-1]  # the last piece has no newline: partial (or empty)
-        if not complete or complete[0].decode("utf-8", "replace") != ",".join(self.header):
-            raise ParameterError("--resume", f"{self.path}: the header does not match")
-        body = complete[1:]
-        n_rows = min(len(body), self.plan.rows)
-        n_rows -= n_rows % self.plan.block if n_rows < self.plan.rows else 0
-        rows = list(_csv.reader(line.decode("utf-8") for line in body[:n_rows]))
-        idx = np.unravel_index(np.arange(n_rows), self.plan.shape)
-        k = len(self.plan.names)
-        for i, row in enumerate(rows):
-            try:
-                ok = len(row) == len(self.header) and row[k] in ("True", "False") and all(
-                    float(row[j]) == self.plan.axes[j][idx[j][i]] for j in range(k))
-                if ok:
-                    metrics[i] = [float(x) for x in row[k + 1:]]
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ParameterError("--resume", f"{self.path}: row {i + 1} is not the "
-                                     "sweep's grid point or is damaged")
-            div_at[i] = 0 if row[k] == "True" else -1
-        keep = sum(len(line) + 1 for line in complete[:1 + n_rows])
+            head = fh.readline()
+            if head.rstrip(b"\n").decode("utf-8", "replace") != ",".join(self.header) \
+                    or not head.endswith(b"\n"):
+                raise ParameterError("--resume", f"{self.path}: the header does not match")
+            keep = len(head)
+            while done < plan.rows:
+                n = min(plan.block, plan.rows - done)
+                lines = list(itertools.islice(fh, n))
+                if len(lines) < n or not lines[-1].endswith(b"\n"):
+                    break  # an unfinished block: computed again
+                self._load_block(lines, done, metrics, div_at)
+                done += n
+                keep += sum(map(len, lines))
         with open(self.path, "r+b") as fh:
             fh.truncate(keep)
-        return n_rows
+        return done
+
+    def _load_block(self, lines: list[bytes], lo: int, metrics, div_at) -> None:
+        """Parse the CSV lines of rows ``lo...`` into ``metrics``/``div_at``, checking that
+        each row is whole and is the sweep's grid point."""
+        plan, k, width = self.plan, len(self.plan.names), len(self.header)
+        hi = lo + len(lines)
+        text = b"".join(lines)
+        flags = np.array([line.split(b",")[k:k + 1] == [b"True"] for line in lines])
+        ok = np.array([line.count(b",") == width - 1 for line in lines])
+        for word in (b"True", b"False"):  # the flag column as a number for the parser
+            text = text.replace(b"," + word + b",", b",0,")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # numpy warns on text it cannot parse
+                values = np.loadtxt(io.BytesIO(text), delimiter=",", dtype=float, ndmin=2)
+        except (ValueError, DeprecationWarning, UserWarning):
+            values = None
+        if values is None or values.shape != (hi - lo, width):
+            bad = int(np.argmin(ok)) if not ok.all() else self._first_unparsable(lines)
+            raise ParameterError("--resume", f"{self.path}: row {lo + bad + 1} is not the "
+                                 "sweep's grid point or is damaged")
+        idx = np.unravel_index(np.arange(lo, hi), plan.shape)
+        ok &= np.array([line.split(b",")[k] in (b"True", b"False") for line in lines])
+        for j in range(k):
+            ok &= values[:, j] == plan.axes[j][idx[j]]
+        if not ok.all():
+            raise ParameterError("--resume", f"{self.path}: row {lo + int(np.argmin(ok)) + 1}"
+                                 " is not the sweep's grid point or is damaged")
+        metrics[lo:hi] = values[:, k + 1:]
+        div_at[lo:hi] = np.where(flags, 0, -1)
+
+    @staticmethod
+    def _first_unparsable(lines: list[bytes]) -> int:
+        for i, line in enumerate(lines):
+            try:
+                [float(x) for j, x in enumerate(line.split(b",")) if x not in (b"True", b"False")]
+            except ValueError:
+                return i
+        return 0
 
     def write(self, lo: int, hi: int, metrics: np.ndarray, div_at: np.ndarray) -> None:
         idx = np.unravel_index(np.arange(lo, hi), self.plan.shape)

@@ -278,6 +278,83 @@ def test_resume_refuses_another_sweeps_csv(tmp_path, monkeypatch):
         ctrlsim.sweep("decel", GRID, csv=part, resume=True)
 
 
+def test_an_unfinished_csv_is_only_continued_never_overwritten(tmp_path, monkeypatch):
+    part = tmp_path / "p.csv"
+    _interrupted(part, 4, monkeypatch)
+    before = part.read_bytes()
+    with pytest.raises(ParameterError, match="unfinished sweep.*--resume"):
+        ctrlsim.sweep("decel", {"kp": [1.0, 2.0]}, csv=part)
+    from ctrlsim.cli import main
+    assert main(["sweep", "decel", "--param", "kp=1,2", "--csv", str(part)]) == 2
+    assert part.read_bytes() == before
+
+
+def test_a_csv_another_sweep_is_writing_is_refused(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    path = tmp_path / "busy.csv"
+    with open(path, "a") as other:        # as a running sweep holds it
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ParameterError, match="another sweep"):
+            ctrlsim.sweep("decel", GRID, csv=path)
+        with pytest.raises(ParameterError, match="another sweep"):
+            ctrlsim.sweep("decel", GRID, csv=path, resume=True)
+    assert path.read_bytes() == b""
+    ctrlsim.sweep("decel", GRID, csv=path)   # free again
+
+
+def test_resume_reports_the_damaged_row_of_a_later_block(tmp_path, monkeypatch):
+    part = tmp_path / "p.csv"
+    _interrupted(part, 8, monkeypatch)
+    lines = part.read_text().splitlines(keepends=True)
+    for row, damage in ((6, lambda t: t.replace(",", ";", 1)),       # fields run together
+                        (7, lambda t: t.replace("False", "Maybe")),   # not a flag
+                        (5, lambda t: "9" + t)):                     # another grid point
+        bad = lines.copy()
+        bad[row] = damage(bad[row])
+        part.write_text("".join(bad))
+        with pytest.raises(ParameterError, match=f"row {row} is not"):
+            ctrlsim.sweep("decel", GRID, csv=part, resume=True)
+
+
+def _silent_server(reply: bytes | None):
+    """A TCP server that accepts and then says ``reply`` (or nothing) forever."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    held = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            held.append(conn)
+            if reply is not None:
+                conn.sendall(reply)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv
+
+
+@pytest.mark.parametrize("reply", [None, b"HTTP/1.1 400 Bad Request\r\n\r\n"])
+def test_a_scheduler_address_that_is_not_dask_is_a_parameter_error(reply, monkeypatch):
+    pytest.importorskip("dask.distributed")
+    monkeypatch.setattr(S, "CONNECT_DEADLINE", 3.0)
+    srv = _silent_server(reply)
+    address = f"tcp://127.0.0.1:{srv.getsockname()[1]}"
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(ParameterError, match="scheduler"):
+            ctrlsim.sweep("decel", {"alpha": [0.0]}, scheduler=address)
+    finally:
+        srv.close()
+    assert time.perf_counter() - t0 < 15
+
+
 def test_ctrl_c_then_resume_in_a_child_process_gives_the_uninterrupted_table(tmp_path):
     # 5 s runs: 12 000 points in 4 blocks of ~3200 rows, ~2 s in all.
     (tmp_path / "short.toml").write_text("duration = 5.0\ninitial_speed = 2.0\n"
