@@ -34,10 +34,10 @@ from .metrics import step_info
 from .scenario import Scenario, as_scenario
 from .validation import ParameterError, finite_float
 
-__all__ = ["Analysis", "OperatingPoint", "Mode", "CircleResult", "StabilityMap", "analyze",
-           "operating_point", "linearize_plant", "lure_loop", "close_loop", "circle_criterion",
-           "certify", "lipschitz", "settles", "stability_map", "nyquist_figure",
-           "stability_map_figure"]
+__all__ = ["Analysis", "OperatingPoint", "Mode", "RestPoint", "CircleResult", "StabilityMap",
+           "analyze", "operating_point", "rest_point", "linearize_plant", "lure_loop",
+           "close_loop", "circle_criterion", "certify", "lipschitz", "settles",
+           "stability_map", "nyquist_figure", "stability_map_figure"]
 
 # Rolling resistance and the brake use tanh(v / V_SMOOTH) as a smoothed sign.
 V_SMOOTH = 0.1
@@ -115,6 +115,46 @@ class Mode:
 
 
 @dataclass(frozen=True)
+class RestPoint:
+    """Where a loop with anti-windup comes to rest when it cannot hold the set speed.
+
+    With back-calculation (``kaw > 0``) the integrator settles where
+    ``e + (kaw/ki)(phi_inv(a) - s) = 0`` while the command stays on a limit or the ReLU
+    coasts; the plant then runs at that constant command.
+
+    Attributes
+    ----------
+    speed : float
+        m/s, where the plant balances the constant command.
+    command : float
+        The command held there (a limit, or 0 while coasting).
+    preactivation : float
+        ``s`` at rest: past the limit, or negative while coasting.
+    kind : str
+        ``"coasting"``, ``"on the upper limit"`` or ``"on the lower limit"``.
+    mode : Mode
+        The loop linearised there: the command is locally constant, so its poles are the
+        plant's (sampled) and the integrator's ``1 - Ts*kaw`` (and 0 for ``kd``).
+    """
+
+    speed: float
+    command: float
+    preactivation: float
+    kind: str
+    mode: Mode
+
+    @property
+    def locally_stable(self) -> bool:
+        return self.mode.stable
+
+    def to_dict(self) -> dict:
+        return {"speed": self.speed, "command": self.command,
+                "preactivation": self.preactivation, "kind": self.kind,
+                "locally_stable": bool(self.locally_stable),
+                "spectral_radius": self.mode.spectral_radius}
+
+
+@dataclass(frozen=True)
 class CircleResult:
     """Discrete-time circle criterion for ``phi`` in ``sector``.
 
@@ -156,6 +196,7 @@ class Analysis:
     lipschitz: float
     simulated: dict[str, float] | None
     simulated_ok: bool | None
+    rest: RestPoint | None = None
 
     @property
     def locally_stable(self) -> bool | None:
@@ -187,7 +228,8 @@ class Analysis:
                 "plant": {k: np.asarray(getattr(p, k), dtype=float).tolist()
                           for k in ("A", "B", "C", "D")},
                 "modes": [m.to_dict() for m in self.modes],
-                "circle": self.circle.to_dict(), "lipschitz": self.lipschitz}
+                "circle": self.circle.to_dict(), "lipschitz": self.lipschitz,
+                "rest": None if self.rest is None else self.rest.to_dict()}
 
 
 # --------------------------------------------------------------------------
@@ -253,6 +295,15 @@ def _phi(s: float, alpha: float) -> float:
     return s if s >= 0.0 else alpha * s
 
 
+def _phi_inv(a: float, alpha: float) -> float:
+    return a / alpha if (a < 0.0 and alpha > 0.0) else a
+
+
+def _needed(plant, v: float, m: float, theta: float, f_ext: float) -> float:
+    """Actuator force that holds speed ``v``: resistance and gravity less the external force."""
+    return _resistance(plant, v, m, theta)[0] + m * plant.gravity * math.sin(theta) - f_ext
+
+
 def operating_point(scenario: Scenario, controller: Controller) -> OperatingPoint:
     """Equilibrium of the loop at the end of the scenario (see :class:`OperatingPoint`)."""
     sc, ctl = scenario, controller
@@ -263,13 +314,12 @@ def operating_point(scenario: Scenario, controller: Controller) -> OperatingPoin
     lo, hi = plant.command_limits
 
     def needed(v: float) -> float:
-        return _resistance(plant, v, m, theta)[0] + m * plant.gravity * math.sin(theta) - f_ext
+        return _needed(plant, v, m, theta, f_ext)
 
     # With back-calculation the integrator stays bounded when the command clips or the
-    # ReLU coasts, so the loop can rest at another speed (not analysed here).
-    aw = ("; with anti-windup (kaw > 0) the loop can still come to rest at another "
-          "speed, coasting or on a limit, which this analysis does not linearise"
-          if ctl.kaw > 0.0 and ctl.ki != 0.0 else "")
+    # ReLU coasts, so the loop can rest at another speed (rest_point finds it).
+    aw = ("; with anti-windup (kaw > 0) the loop can come to rest at another speed "
+          "instead, coasting or on a limit" if ctl.kaw > 0.0 and ctl.ki != 0.0 else "")
     v = r
     if ctl.ki == 0.0:
         # No integral action: the speed settles where the proportional command balances.
@@ -308,6 +358,46 @@ def operating_point(scenario: Scenario, controller: Controller) -> OperatingPoin
     else:
         s = a / alpha if a < 0.0 else a
     return OperatingPoint(v, theta, m, f_ext, force, a, s, True)
+
+
+def rest_point(scenario: Scenario, controller: Controller, op: OperatingPoint,
+               horizon: float | None = None) -> RestPoint | None:
+    """The rest point of a loop with anti-windup whose set speed ``op`` is infeasible.
+
+    The command it cannot give is replaced by the limit it runs into (or 0 for a ReLU
+    that would have to brake); the speed is where the plant balances that command, and
+    the integrator rests where the anti-windup cancels the error. None if the loop has no
+    anti-windup (its integrator winds up), ``op`` is feasible, no speed balances the
+    command, or the law at rest would not keep the command there.
+    """
+    sc, ctl = scenario, controller
+    if op.feasible or ctl.ki == 0.0 or ctl.kaw <= 0.0 or not math.isfinite(op.command):
+        return None
+    plant = sc.plant
+    lo, hi = plant.command_limits
+    if op.command > hi:
+        a, kind = hi, "on the upper limit"
+    elif op.command < lo:
+        a, kind = lo, "on the lower limit"
+    elif op.command < 0.0 and ctl.slope == 0.0:
+        a, kind = 0.0, "coasting"
+    else:
+        return None
+    r = _final_conditions(sc)[0]
+    v = _bracket_root(lambda v: _actuator(plant, a, v)[0]
+                      - _needed(plant, v, op.mass, op.grade, op.force_ext), r)
+    if v is None:
+        return None
+    s = _phi_inv(a, ctl.slope) + (r - v) * ctl.ki / ctl.kaw
+    u = _phi(s, ctl.slope)
+    holds = s < 0.0 if kind == "coasting" else (u > hi if a == hi else u < lo)
+    if not holds:
+        return None
+    rest = OperatingPoint(v, op.grade, op.mass, op.force_ext,
+                          _needed(plant, v, op.mass, op.grade, op.force_ext), a, s, False)
+    loop = lure_loop(linearize_plant(sc, rest), ctl, sc.control_period, clipped=True)
+    mode = _mode(loop, 0.0, sc.control_period, horizon or sc.duration, active=True)
+    return RestPoint(speed=v, command=a, preactivation=s, kind=kind, mode=mode)
 
 
 def _bracket_root(f, x0: float) -> float | None:
@@ -351,21 +441,23 @@ def linearize_plant(scenario: Scenario, op: OperatingPoint) -> control.StateSpac
 # --------------------------------------------------------------------------
 # The sampled-data loop in Lur'e form
 # --------------------------------------------------------------------------
-def lure_loop(plant_ss: control.StateSpace, ctl: Controller, ts: float) -> control.StateSpace:
+def lure_loop(plant_ss: control.StateSpace, ctl: Controller, ts: float,
+              clipped: bool = False) -> control.StateSpace:
     """Discrete loop without ``phi``: inputs ``[u, r]``, outputs ``[s, y]`` (deviations).
 
     ``u`` is the activation's output (held by the ZOH), ``s`` the pre-activation, ``r`` the
     reference and ``y`` the speed. States: the ZOH-discretised plant, the integrator ``z``
     (if ki != 0) and the previous error (if kd != 0). Anti-windup enters only for slope 0
     (ReLU), where ``phi_inv(phi(s)) - s = u - s`` is not zero; for alpha > 0 it vanishes
-    away from the actuator limits.
+    away from the actuator limits. ``clipped``: about a point where the clip holds the
+    command, where it enters as ``-s`` (close the loop with slope 0 then).
     """
     pd = control.c2d(plant_ss, ts, "zoh")
     Ad, Bd, Cd = (np.asarray(x, dtype=float) for x in (pd.A, pd.B, pd.C))
     n = Ad.shape[0]
     kp, ki, kd, ff = ctl.kp, ctl.ki, ctl.kd, ctl.feedforward
     kdt = kd / ts
-    g = ctl.kaw / ki if (ctl.slope == 0.0 and ki != 0.0) else 0.0
+    g = ctl.kaw / ki if ((ctl.slope == 0.0 or clipped) and ki != 0.0) else 0.0
     has_z, has_q = ki != 0.0, kd != 0.0
     nz = n + has_z + has_q
     iz, iq = n, n + has_z
@@ -617,7 +709,8 @@ def analyze(scenario, controller=None, simulate: bool = True) -> Analysis:
         simulated, ok = tr.metrics(), settles(tr)
     return Analysis(scenario=sc, controller=ctl, operating_point=op, plant=plant_ss,
                     loop=loop, modes=modes, circle=circle,
-                    lipschitz=lipschitz(ctl, ts), simulated=simulated, simulated_ok=ok)
+                    lipschitz=lipschitz(ctl, ts), simulated=simulated, simulated_ok=ok,
+                    rest=rest_point(sc, ctl, op, horizon))
 
 
 def settles(tr, band: float = 0.02) -> bool:

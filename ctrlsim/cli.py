@@ -306,6 +306,14 @@ def _analysis_report(an) -> str:
         lines.append(f"{head}: NO EQUILIBRIUM AT THE SET SPEED ({op.reason})")
     else:
         lines.append(f"{head}: NO EQUILIBRIUM ({op.reason})")
+    if an.rest is not None:
+        rp = an.rest
+        lines.append(f"rest        with anti-windup the loop rests at {rp.speed:.4g} m/s "
+                     f"instead, {rp.kind} (command {rp.command:.4g}{unit}, s = "
+                     f"{rp.preactivation:.4g}): "
+                     + ("locally exponentially stable" if rp.locally_stable else
+                        "NOT locally stable")
+                     + f" (|p|max {rp.mode.spectral_radius:.6f})")
     if sc.reference.kind == "cycle":
         lines.append("note        a drive cycle: analysed at its last set speed, "
                      f"{op.speed:g} m/s, not along the cycle")

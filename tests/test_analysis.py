@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 from dataclasses import replace
 
 import control
@@ -266,7 +267,8 @@ def test_cli_json_schema(capsys, tmp_path):
     assert main(["analyze", "decel", "--json", "--plot", str(plot)]) == 0
     data = json.loads(capsys.readouterr().out)
     assert set(data) == {"scenario", "controller", "operating_speed", "feasible", "reason",
-                         "locally_stable", "plant", "modes", "circle", "lipschitz"}
+                         "locally_stable", "plant", "modes", "circle", "lipschitz", "rest"}
+    assert data["rest"] is None
     assert data["scenario"] == "decel" and data["operating_speed"] == 1.0
     assert data["feasible"] is True and data["reason"] == ""
     assert data["locally_stable"] is True
@@ -311,16 +313,35 @@ def test_ki0_equilibrium_on_the_actuator_limit_is_not_analysed():
     assert not an.circle.certified and an.locally_stable is None
 
 
-def test_antiwindup_reason_says_another_rest_point_may_exist(capsys):
-    sc = replace(ctrlsim.load_scenario("downhill"), duration=120.0)
-    an = analyze(sc, "relu,kaw=2")
-    assert not an.operating_point.feasible and "another speed" in an.operating_point.reason
-    tr = ctrlsim.simulate(sc, "relu,kaw=2")
-    tail = tr.speed[-len(tr.speed) // 10:]
-    assert np.ptp(tail) < 1e-3 and tail[-1] > 2.5   # it rests, coasting, above the set speed
-    assert "another speed" not in analyze(sc, "relu,kaw=0").operating_point.reason
+def test_with_antiwindup_the_rest_point_is_found_where_the_simulation_rests(capsys):
+    """ReLU that would have to brake coasts; a climb beyond the actuator holds the limit.
+    Either way the anti-windup keeps the integrator bounded and the loop rests there."""
+    down = replace(ctrlsim.load_scenario("downhill"), duration=120.0)
+    climb = Scenario(reference=Reference([(0.0, 2.0)]), initial_speed=2.0, duration=120.0,
+                     road=Road(((0.0, 3.0),)))
+    for sc, spec, kind, command in ((down, "relu,kaw=2", "coasting", 0.0),
+                                    (climb, "leaky:0.1,kaw=2", "on the upper limit", 20.0)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ctrlsim.StartWarning)
+            an = analyze(sc, spec)
+            tr = ctrlsim.simulate(sc, spec)
+        assert not an.operating_point.feasible
+        assert "another speed" in an.operating_point.reason
+        rest = an.rest
+        assert rest.kind == kind and rest.command == command and rest.locally_stable
+        tail = tr.speed[-len(tr.speed) // 10:]
+        assert np.ptp(tail) < 1e-4 and tr.applied[-1] == command      # it rests there
+        assert rest.speed == pytest.approx(tail[-1], abs=1e-5)
+        # The integrator's pole at rest is 1 - Ts*kaw (the command is constant).
+        assert np.min(np.abs(rest.mode.poles - (1 - sc.control_period * 2.0))) < 1e-12
+        # Without anti-windup the integrator winds up: no rest point.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ctrlsim.StartWarning)
+            wound = analyze(sc, spec.replace("kaw=2", "kaw=0"), simulate=False)
+        assert wound.rest is None and "another speed" not in wound.operating_point.reason
     assert main(["analyze", "downhill", "-c", "relu,kaw=2"]) == 0
-    assert "NO EQUILIBRIUM AT THE SET SPEED" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "NO EQUILIBRIUM AT THE SET SPEED" in out and "rests at 3.12 m/s" in out
 
 
 def test_close_loop_matches_control_feedback_and_survives_huge_gains():
