@@ -756,9 +756,10 @@ class _CsvSink:
         each row is whole and is the sweep's grid point."""
         plan, k, width = self.plan, len(self.plan.names), len(self.header)
         hi = lo + len(lines)
-        text = b"".join(lines)
-        flags = np.array([line.split(b",")[k:k + 1] == [b"True"] for line in lines])
         ok = np.array([line.count(b",") == width - 1 for line in lines])
+        words = [line.split(b",", k + 1)[k:k + 1] for line in lines]  # the diverged flags
+        ok &= np.array([w in ([b"True"], [b"False"]) for w in words])
+        text = b"".join(lines)
         for word in (b"True", b"False"):  # the flag column as a number for the parser
             text = text.replace(b"," + word + b",", b",0,")
         try:
@@ -772,20 +773,20 @@ class _CsvSink:
             raise ParameterError("--resume", f"{self.path}: row {lo + bad + 1} is not the "
                                  "sweep's grid point or is damaged")
         idx = np.unravel_index(np.arange(lo, hi), plan.shape)
-        ok &= np.array([line.split(b",")[k] in (b"True", b"False") for line in lines])
         for j in range(k):
             ok &= values[:, j] == plan.axes[j][idx[j]]
         if not ok.all():
             raise ParameterError("--resume", f"{self.path}: row {lo + int(np.argmin(ok)) + 1}"
                                  " is not the sweep's grid point or is damaged")
         metrics[lo:hi] = values[:, k + 1:]
-        div_at[lo:hi] = np.where(flags, 0, -1)
+        div_at[lo:hi] = np.where([w == [b"True"] for w in words], 0, -1)
 
     @staticmethod
     def _first_unparsable(lines: list[bytes]) -> int:
+        """Index of the first line with a field that is neither a float nor a flag."""
         for i, line in enumerate(lines):
             try:
-                [float(x) for j, x in enumerate(line.split(b",")) if x not in (b"True", b"False")]
+                [float(x) for x in line.split(b",") if x not in (b"True", b"False")]
             except ValueError:
                 return i
         return 0
