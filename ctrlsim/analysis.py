@@ -208,7 +208,8 @@ class Analysis:
         only the sector certificate speaks.
         """
         op = self.operating_point
-        if not op.feasible or op.preactivation == 0.0:
+        on_kink = op.preactivation == 0.0 and self.controller.slope != 1.0
+        if not op.feasible or on_kink:
             return None
         return any(m.active and m.stable for m in self.modes)
 
@@ -375,17 +376,21 @@ def rest_point(scenario: Scenario, controller: Controller, op: OperatingPoint,
         return None
     plant = sc.plant
     lo, hi = plant.command_limits
-    if op.command > hi:
+    if op.command < 0.0 and ctl.slope == 0.0:  # a ReLU cannot brake, whatever the limit
+        a, kind = 0.0, "coasting"
+    elif op.command > hi:
         a, kind = hi, "on the upper limit"
     elif op.command < lo:
         a, kind = lo, "on the lower limit"
-    elif op.command < 0.0 and ctl.slope == 0.0:
-        a, kind = 0.0, "coasting"
     else:
         return None
     r = _final_conditions(sc)[0]
+    # Far from the set speed, possibly: out to the divergence limit, e.g. a car that
+    # coasts down a steep hill, or one that rolls back at full throttle.
+    reach = sc.pack().v_limit
     v = _bracket_root(lambda v: _actuator(plant, a, v)[0]
-                      - _needed(plant, v, op.mass, op.grade, op.force_ext), r)
+                      - _needed(plant, v, op.mass, op.grade, op.force_ext), r,
+                      widths=tuple(w for w in _WIDTHS if w < reach) + (reach,))
     if v is None:
         return None
     s = _phi_inv(a, ctl.slope) + (r - v) * ctl.ki / ctl.kaw
@@ -400,13 +405,17 @@ def rest_point(scenario: Scenario, controller: Controller, op: OperatingPoint,
     return RestPoint(speed=v, command=a, preactivation=s, kind=kind, mode=mode)
 
 
-def _bracket_root(f, x0: float) -> float | None:
+_WIDTHS = (0.1, 0.5, 2.0, 10.0, 50.0, 200.0)
+
+
+def _bracket_root(f, x0: float, widths: tuple[float, ...] = _WIDTHS[:5]) -> float | None:
+    """A root of ``f`` near ``x0``: the nearest bracket of the widths tried, either side."""
     from scipy.optimize import brentq
 
     f0 = f(x0)
     if f0 == 0.0:
         return x0
-    for width in (0.1, 0.5, 2.0, 10.0, 50.0):
+    for width in widths:
         for x1 in (x0 - width, x0 + width):
             if f(x1) * f0 < 0.0:
                 return float(brentq(f, min(x0, x1), max(x0, x1), xtol=1e-12))

@@ -285,8 +285,11 @@ class CruiseControlEnv(gym.Env):
     def _info(self) -> dict[str, float]:
         c, s = self._core, self._core.state
         k = int(c.k[0])
+        force = float(s[2, 0])
+        if c.pp[K.P_TAU] <= 0.0 and k > 0:  # no lag: no force state; the last command's
+            force = float(K._plant_actuator(s[7, 0], s[1, 0], c.pp))
         return {"time": k * self.scenario.control_period, "position": float(s[0, 0]),
-                "speed": float(s[1, 0]), "force": float(s[2, 0]),
+                "speed": float(s[1, 0]), "force": force,
                 "command": float(s[7, 0]), "reference": float(c.ref[min(k, c.n), 0])}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -387,6 +390,7 @@ class CruiseControlVectorEnv(VectorEnv):
         self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
         self._all = np.full(self.num_envs, RESTART, dtype=np.int8)
         self._zero = np.zeros(self.num_envs)
+        self._started = False   # step() needs a reset() first
 
     def reset(self, *, seed: int | list[int | None] | None = None,
               options: dict | None = None):
@@ -409,9 +413,12 @@ class CruiseControlVectorEnv(VectorEnv):
             c.prepare(i, self._rngs[i])
         c.run(self._zero, self._all)
         self._autoreset[:] = False
+        self._started = True
         return c.obs.copy(), {}
 
     def step(self, actions):
+        if not self._started:
+            raise ResetNeeded("call reset() before the first step()")
         c = self._core
         act = c.action(actions, self.action_space.shape)
         mode = self._autoreset.view(np.int8)        # STEP = 0, RESTART = 1 (no copy)

@@ -107,7 +107,7 @@ class MLPController:
         if self.activation not in HIDDEN_ACTIVATIONS:
             raise ParameterError("activation", f"unknown activation {self.activation!r} "
                                  f"(expected one of {', '.join(HIDDEN_ACTIVATIONS)})")
-        if self.start not in STARTS:
+        if not isinstance(self.start, str) or self.start not in STARTS:
             raise ParameterError("start", f"unknown start {self.start!r} (expected output "
                                  "or hold)")
         if self.output_activation not in OUTPUT_ACTIVATIONS:
@@ -266,8 +266,9 @@ def save_mlp(ctl: MLPController, path) -> None:
               "input_scale": ctl.input_scale,
               "output_activation": np.array(ctl.output_activation),
               "output_scale": np.array(ctl.output_scale),
-              "output_offset": np.array(ctl.output_offset), "kaw": np.array(ctl.kaw),
-              "start": np.array(ctl.start)}
+              "output_offset": np.array(ctl.output_offset), "kaw": np.array(ctl.kaw)}
+    if ctl.start != "output":  # only then: earlier versions read the other files as before
+        arrays["start"] = np.array(ctl.start)
     for i, (w, b) in enumerate(zip(ctl.weights, ctl.biases)):
         arrays[f"W{i}"], arrays[f"b{i}"] = w, b
     if hasattr(path, "write"):

@@ -589,11 +589,14 @@ def _run_dask(plan, client, blocks, done, sink) -> None:
             try:
                 waiting[lo] = fut.result()
             except Exception as exc:  # a task or the cluster failed: no partial table
-                raise OutputError(
+                first = (str(exc).splitlines() or [""])[0]
+                failed = OutputError(
                     f"the Dask sweep failed at rows {lo}-{bounds[lo]}: "
-                    f"{type(exc).__name__}: {exc}" + (
-                        f"; {sink.path} holds the finished blocks: run again with "
-                        "--resume" if sink is not None else "")) from None
+                    f"{type(exc).__name__}: {first}" + (
+                        f"; {sink.path} holds the finished blocks (--resume, or "
+                        "resume=True, continues it)" if sink is not None else ""))
+                exc.__traceback__ = None  # it holds this frame, and so the futures
+                raise failed from None
             fut.release()
             # In grid order, so the CSV is always a prefix of the table.
             while nxt < len(order) and order[nxt] in waiting:
@@ -604,9 +607,10 @@ def _run_dask(plan, client, blocks, done, sink) -> None:
                 done(lo, bounds[lo], m, d, f)
                 nxt += 1
     finally:
-        for fut in futures:
+        for fut in futures:   # nothing of this sweep stays pinned on the cluster
             if not fut.done():
                 fut.cancel()
+            fut.release()
         if futures:
             plan_f.release()
 
@@ -683,14 +687,14 @@ class _CsvSink:
         """
         from .files import atomic_write
 
+        if not self.resume and self.state.exists():  # before the file is touched
+            raise ParameterError("--csv", f"{self.path} holds an unfinished sweep "
+                                 f"({self.state.name} is next to it): give --resume to "
+                                 "continue it, or delete both files to start over")
         self.fh = self._open("a")
         _lock(self.fh, self.path)
         if self.resume and self.path.stat().st_size > 0:
             return self._read_finished(metrics, div_at)
-        if not self.resume and self.state.exists():
-            raise ParameterError("--csv", f"{self.path} holds an unfinished sweep "
-                                 f"({self.state.name} is next to it): give --resume to "
-                                 "continue it, or delete both files to start over")
         with atomic_write(self.state, "--csv", "w", encoding="utf-8") as fh:
             fh.write(json.dumps(self._state()))
         try:

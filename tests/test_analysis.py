@@ -344,6 +344,21 @@ def test_with_antiwindup_the_rest_point_is_found_where_the_simulation_rests(caps
     assert "NO EQUILIBRIUM AT THE SET SPEED" in out and "rests at 3.12 m/s" in out
 
 
+@pytest.mark.parametrize("name, spec, grade", [
+    ("downhill", "relu,kp=100,ki=20,kaw=2", -10.0),     # braking needed beyond the limit
+    ("fbs-hill", "relu,kp=0.5,ki=0.1,kaw=2", -10.0),    # a car that coasts to ~72 m/s
+])
+def test_rest_points_far_from_the_set_speed_or_beyond_the_limit(name, spec, grade):
+    sc = replace(ctrlsim.load_scenario(name), duration=600.0, road=Road(((0.0, grade),)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ctrlsim.StartWarning)
+        an = analyze(sc, spec, simulate=False)
+        tr = ctrlsim.simulate(sc, spec)
+    assert an.rest is not None and an.rest.kind == "coasting" and an.rest.locally_stable
+    assert an.rest.speed == pytest.approx(tr.speed[-1], abs=1e-4)
+    assert np.all(tr.applied[-len(tr.applied) // 10:] == 0.0)
+
+
 def test_close_loop_matches_control_feedback_and_survives_huge_gains():
     sc = ctrlsim.load_scenario("decel")
     for spec in ("leaky:0.1", "linear,kd=2", "relu,kaw=2"):

@@ -205,6 +205,27 @@ def test_step_needs_a_running_episode():
     env.step(np.zeros(1))
 
 
+def test_vector_env_needs_a_reset_first():
+    v = CruiseControlVectorEnv(2, scenario="payload")
+    with pytest.raises(gym.error.ResetNeeded):
+        v.step(np.zeros((2, 1)))
+    v.reset(seed=0)
+    v.step(np.zeros((2, 1)))
+
+
+def test_info_force_without_actuator_lag_is_the_last_commands():
+    env = CruiseControlEnv(scenario="hwfet-car")
+    assert env.scenario.plant.actuator_tau == 0.0
+    _, info = env.reset(seed=0)
+    forces = [info["force"]]
+    pp = env.scenario.plant.pack()
+    for a in (1.0, 0.5, -0.5):
+        info = env.step(np.array([a]))[-1]
+        assert info["force"] == K._plant_actuator(info["command"], info["speed"], pp)
+        forces.append(info["force"])
+    assert len(set(forces)) == 4 and forces[-1] < 0.0   # it follows the commands (brakes)
+
+
 def test_vector_actions_must_have_the_declared_shape():
     v = CruiseControlVectorEnv(2)
     v.reset(seed=0)

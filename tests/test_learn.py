@@ -73,8 +73,13 @@ def test_a_holding_start_preloads_the_holding_command(tmp_path):
     net.save(tmp_path / "h.npz")
     back = load_mlp(tmp_path / "h.npz")
     assert back.start == "hold" and np.array_equal(back.pack(), net.pack())
-    with pytest.raises(ParameterError, match="start"):
-        replace(net, start="warm")
+    for bad in ("warm", np.array(["hold", "hold"])):
+        with pytest.raises(ParameterError, match="start"):
+            replace(net, start=bad)
+    # The default start is not written: files stay readable by versions without it.
+    replace(net, start="output").save(tmp_path / "o.npz")
+    with np.load(tmp_path / "o.npz") as npz:
+        assert "start" not in npz.files
 
 
 def test_batch_mixes_mlp_and_pid_rows_bit_identically():

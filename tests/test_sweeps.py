@@ -407,6 +407,42 @@ def test_a_local_cluster_of_two_worker_processes_gives_the_same_table(tmp_path, 
         assert (tmp_path / name).read_bytes() == (tmp_path / "local.csv").read_bytes()
 
 
+def test_a_failed_dask_task_is_one_line_and_leaves_nothing_on_the_cluster(tmp_path,
+                                                                        monkeypatch):
+    distributed = pytest.importorskip("dask.distributed")
+    grid = {"alpha": np.linspace(0, 1, 9), "mass": [20.0, 30.0]}
+    monkeypatch.setattr("ctrlsim.limits.MAX_BLOCK_ROWS", 5)
+    local = ctrlsim.sweep("decel", grid)
+    run_block = S.run_block
+
+    def failing(plan, lo, hi):
+        if lo == 5:
+            raise RuntimeError("boom\nsecond line")
+        return run_block(plan, lo, hi)
+
+    csv = tmp_path / "d.csv"
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        monkeypatch.setattr(S, "run_block", failing)
+        with pytest.raises(S.OutputError) as err:
+            ctrlsim.sweep("decel", grid, scheduler=client, csv=csv)
+        assert "\n" not in str(err.value) and "boom" in str(err.value)
+        assert "rows 5-10" in str(err.value) and str(csv) in str(err.value)
+        del err
+        monkeypatch.setattr(S, "run_block", run_block)
+        resumed = ctrlsim.sweep("decel", grid, scheduler=client, csv=csv, resume=True)
+        assert _same(local, resumed)
+        import gc
+        gc.collect()
+        deadline = time.time() + 10
+        while time.time() < deadline and (client.futures or client.run_on_scheduler(
+                lambda dask_scheduler: list(dask_scheduler.tasks))):
+            time.sleep(0.2)
+        assert not client.futures
+        assert not client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks))
+
+
 def test_a_bad_scheduler_is_a_parameter_error():
     with pytest.raises(TypeError, match="scheduler"):
         ctrlsim.sweep("decel", {"alpha": [0.0]}, scheduler=3)
