@@ -31,7 +31,7 @@ import numpy as np
 
 from .controllers import Controller, as_controller
 from .metrics import step_info
-from .scenario import Scenario, as_scenario
+from .scenario import SPEED_LIMIT, Scenario, as_scenario
 from .validation import ParameterError, finite_float
 
 __all__ = ["Analysis", "OperatingPoint", "Mode", "RestPoint", "CircleResult", "StabilityMap",
@@ -384,13 +384,12 @@ def rest_point(scenario: Scenario, controller: Controller, op: OperatingPoint,
         a, kind = lo, "on the lower limit"
     else:
         return None
-    r = _final_conditions(sc)[0]
+    r = op.speed  # with integral action the operating point is at the set speed
     # Far from the set speed, possibly: out to the divergence limit, e.g. a car that
     # coasts down a steep hill, or one that rolls back at full throttle.
-    reach = sc.pack().v_limit
     v = _bracket_root(lambda v: _actuator(plant, a, v)[0]
                       - _needed(plant, v, op.mass, op.grade, op.force_ext), r,
-                      widths=tuple(w for w in _WIDTHS if w < reach) + (reach,))
+                      widths=_WIDTHS + (200.0, SPEED_LIMIT))
     if v is None:
         return None
     s = _phi_inv(a, ctl.slope) + (r - v) * ctl.ki / ctl.kaw
@@ -405,10 +404,11 @@ def rest_point(scenario: Scenario, controller: Controller, op: OperatingPoint,
     return RestPoint(speed=v, command=a, preactivation=s, kind=kind, mode=mode)
 
 
-_WIDTHS = (0.1, 0.5, 2.0, 10.0, 50.0, 200.0)
+# Half-widths (m/s) of the brackets tried around a starting speed, nearest first.
+_WIDTHS = (0.1, 0.5, 2.0, 10.0, 50.0)
 
 
-def _bracket_root(f, x0: float, widths: tuple[float, ...] = _WIDTHS[:5]) -> float | None:
+def _bracket_root(f, x0: float, widths: tuple[float, ...] = _WIDTHS) -> float | None:
     """A root of ``f`` near ``x0``: the nearest bracket of the widths tried, either side."""
     from scipy.optimize import brentq
 

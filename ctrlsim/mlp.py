@@ -348,7 +348,7 @@ def _from_arrays(arrays: dict, fail, label: str) -> MLPController:
             raise fail(name, "is NaN or inf")
         return value
 
-    def string(name, default, allowed):
+    def string(name, default, allowed, what="activation"):
         if name not in arrays and default is not None:
             return default
         arr = get(name)
@@ -356,7 +356,6 @@ def _from_arrays(arrays: dict, fail, label: str) -> MLPController:
             raise fail(name, f"must be a string, got dtype {arr.dtype} shape {arr.shape}")
         value = str(arr)
         if value not in allowed:
-            what = "start" if name == "start" else "activation"
             raise fail(name, f"unknown {what} {safe_text(value[:40])!r} "
                        f"(expected one of {', '.join(allowed)})")
         return value
@@ -377,7 +376,7 @@ def _from_arrays(arrays: dict, fail, label: str) -> MLPController:
                        "output_activation, output_scale, output_offset, kaw, start)")
     activation = string("activation", None, HIDDEN_ACTIVATIONS)
     out_act = string("output_activation", "linear", OUTPUT_ACTIVATIONS)
-    start = string("start", "output", STARTS)
+    start = string("start", "output", STARTS, what="start")
     alpha = scalar("alpha", None) if activation == "leaky" else scalar("alpha", 0.0)
     values = {k: scalar(k, d) for k, d in _SCALARS.items() if k != "alpha"}
     n_in = N_INPUTS
