@@ -6,8 +6,8 @@ loop with its activation, clipping and anti-windup). It is compiled with gcc
 at run time into a temporary directory and called through ctypes, single
 threaded. Both versions run the same 256 parameter sets of a robot scenario
 and must produce bit-identical outputs before any time is reported. The C
-follows Kernel v2: the branch-free ``_tanh`` (Cody-Waite expm1, Estrin
-polynomial in fused multiply-adds, C's ``fma``; exact +-1 beyond |x| = 19.1), the
+follows Kernel v2: the branch-free ``_tanh`` (Cody-Waite reduction, a Pade
+approximant of exp in fused multiply-adds, C's ``fma``; exact +-1 beyond |x| = 19.1), the
 grade's sine and cosine by fdlibm's kernel polynomials (``_sincos``),
 ``v * (1/0.1)``, ``(f_target - f) * inv_tau``, anti-windup ``z += Ts*(e +
 (kaw/ki)*(phi_inv(a) - s))``, and the road-piece / event-window caches kept across control periods.
@@ -77,25 +77,21 @@ typedef struct {
 static inline double py_max(double a, double b) { return b > a ? b : a; }
 static inline double py_min(double a, double b) { return b < a ? b : a; }
 
-/* kernels._tanh: expm1(2|x|) by Cody-Waite reduction and a degree-13 Taylor
-   polynomial in Estrin's scheme with fma, then em / (em + 2); exact +-1 for |x| > 19.1. */
+/* kernels._tanh: 2|x| = k ln2 + r by Cody-Waite reduction, exp(r) by its [6/6] Pade
+   approximant (E + O)/(E - O), then ((2^k-1)E + (2^k+1)O) / ((2^k+1)E + (2^k-1)O)
+   with fma on the larger products; exact +-1 for |x| > 19.1. */
 static inline double k_tanh(double x) {
     if (x != x) return x;
     double y = 2.0 * fabs(x);
     if (y > 38.2) return copysign(1.0, x);
     double kf = floor(fma(y, 1.0 / 0.6931471805599453, 0.5));
     double r = fma(-kf, LN2_LO, fma(-kf, LN2_HI, y));
-    double r2 = r * r;
-    double r4 = r2 * r2;
-    double q0 = fma(r2, fma(r, 1.0 / 24, 1.0 / 6), fma(r, 1.0 / 2, 1.0));
-    double q1 = fma(r2, fma(r, 1.0 / 40320, 1.0 / 5040), fma(r, 1.0 / 720, 1.0 / 120));
-    double q2 = fma(r4, 1.0 / 6227020800, fma(r2, fma(r, 1.0 / 479001600, 1.0 / 39916800),
-                                              fma(r, 1.0 / 3628800, 1.0 / 362880)));
-    double q = fma(r4 * r4, q2, fma(r4, q1, q0));
-    double p = r * q;
+    double z = r * r;
+    double e1 = z * fma(z, fma(z, 1.0 / 665280, 1.0 / 792), 5.0 / 44);
+    double o = r * fma(z, fma(z, 1.0 / 15840, 1.0 / 66), 1.0 / 2);
     double two_k = (double)((int64_t)1 << (int64_t)kf);
-    double em = fma(two_k, p, two_k - 1.0);
-    return copysign(em / (em + 2.0), x);
+    double km1 = two_k - 1.0, kp1 = two_k + 1.0;
+    return copysign((km1 + fma(kp1, o, km1 * e1)) / (kp1 + fma(km1, o, kp1 * e1)), x);
 }
 
 /* kernels._sincos: fdlibm's kernel polynomials on |x|, or on pi/2 - |x| with

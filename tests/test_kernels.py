@@ -33,7 +33,7 @@ def test_branch_free_tanh_is_within_a_few_ulp_of_libm():
                         -np.geomspace(1e-300, 25, 5_001), [0.0, -0.0]])
     ours, ref = _tanh_many(x), np.tanh(x)
     ulp = np.abs(ours - ref) / np.spacing(np.abs(ref))
-    assert ulp.max() <= 4
+    assert ulp.max() <= 3
     big = _tanh_many(np.array([19.2, -19.2, 1e300, -np.inf]))
     assert big.tolist() == [1.0, -1.0, 1.0, -1.0]
     assert np.isnan(_tanh_many(np.array([np.nan]))[0])
