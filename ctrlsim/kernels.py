@@ -292,6 +292,13 @@ def _sign(v, sat):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _past_saturation(v):
+    """1 if ``tanh(v / V_ROLL)`` is exactly +-1 in :func:`_tanh` (|v| > 1.91
+    m/s; NaN is not), else 0."""
+    return 1 if 2.0 * abs(v * _INV_V_ROLL) > _TANH_SAT else 0
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _saturated(v):
     """Every speed in ``v`` is where ``tanh(v / V_ROLL)`` is exactly +-1
     (|v| > 1.91 m/s; NaN is not).
@@ -303,7 +310,7 @@ def _saturated(v):
     """
     n = 0
     for i in range(v.shape[0]):
-        n += 1 if 2.0 * abs(v[i] * _INV_V_ROLL) > _TANH_SAT else 0
+        n += _past_saturation(v[i])
     return n == v.shape[0]
 
 
@@ -900,39 +907,47 @@ def _vehicle_stage(c, h, st, pull, rolling, inv_m, pv, sat):
 @njit(cache=True, inline="always", error_model="numpy")
 def _held_stage_loop(c, h, p, v, f, a, par, st, car, sat):
     """RK4 stage ``c`` for every vehicle of :func:`_held_substeps`; ``sat`` as
-    in :func:`_sign`.
+    in :func:`_sign`. Returns how many of the speeds the next stage starts
+    from are past saturation (counted here, not in a pass of their own).
 
     One short loop per stage rather than one loop over whole substeps: a
     substep is a chain of four dependent stages that leaves the core waiting
     on latency, while iterations of a short loop are independent and overlap.
     ``st`` holds the stage state and weighted sums (five arrays) between
     stages; the last stage ends the substep (``p, v, f`` updated in place).
+    The actuator lag is on where ``1/tau > 0`` (the same as ``tau > 0`` for
+    the finite ``tau`` a plant allows; one array fewer to load).
     """
-    tau, inv_tau, inv_m, pull, rolling, dlin, dquad, gr, tmax, wmax, beta, brake = par
+    inv_tau, inv_m, pull, rolling, dlin, dquad, gr, tmax, wmax, beta, brake = par
     sv, sf, ap, av, af = st
     h6 = h / 6.0
+    n_sat = 0
     for i in range(p.shape[0]):
-        pi, vi, fi = p[i], v[i], f[i]
-        pv = (pi, vi, fi, a[i], car, tau[i] > 0.0, inv_tau[i], dlin[i], dquad[i],
+        pi, vi, fi, it = p[i], v[i], f[i], inv_tau[i]
+        pv = (pi, vi, fi, a[i], car, it > 0.0, it, dlin[i], dquad[i],
               gr[i], tmax[i], wmax[i], beta[i], brake[i])
         x = (vi, fi, 0.0, 0.0, 0.0) if c == 0 else (sv[i], sf[i], ap[i], av[i], af[i])
         y = _vehicle_stage(c, h, x, pull[i], rolling[i], inv_m[i], pv, sat)
         if c == 3:
             p[i] = pi + h6 * y[2]
-            v[i] = vi + h6 * y[3]
+            v_next = vi + h6 * y[3]
+            v[i] = v_next
             f[i] = fi + h6 * y[4]
         else:
             sv[i], sf[i], ap[i], av[i], af[i] = y
+            v_next = y[0]
+        n_sat += _past_saturation(v_next)
+    return n_sat
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _held_stage(c, h, p, v, f, a, par, st, car):
+def _held_stage(c, h, p, v, f, a, par, st, car, n_sat):
     """:func:`_held_stage_loop`, without the sign function if every vehicle's
-    stage speed is past saturation (same bits, ~1.7x faster)."""
-    if _saturated(v if c == 0 else st[0]):
-        _held_stage_loop(c, h, p, v, f, a, par, st, car, True)
-    else:
-        _held_stage_loop(c, h, p, v, f, a, par, st, car, False)
+    stage speed is past saturation (``n_sat`` of them are: same bits, ~1.7x
+    faster)."""
+    if n_sat == p.shape[0]:
+        return _held_stage_loop(c, h, p, v, f, a, par, st, car, True)
+    return _held_stage_loop(c, h, p, v, f, a, par, st, car, False)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -945,11 +960,14 @@ def _held_substeps(h, substeps, p, v, f, a, par, st, car):
     these loops vectorise with it, and a copy per preset would double the
     first-use compile time.
     """
+    n_sat = 0
+    for i in range(v.shape[0]):
+        n_sat += _past_saturation(v[i])
     for _ in range(substeps):
-        _held_stage(0, h, p, v, f, a, par, st, car)
-        _held_stage(1, h, p, v, f, a, par, st, car)
-        _held_stage(2, h, p, v, f, a, par, st, car)
-        _held_stage(3, h, p, v, f, a, par, st, car)
+        n_sat = _held_stage(0, h, p, v, f, a, par, st, car, n_sat)
+        n_sat = _held_stage(1, h, p, v, f, a, par, st, car, n_sat)
+        n_sat = _held_stage(2, h, p, v, f, a, par, st, car, n_sat)
+        n_sat = _held_stage(3, h, p, v, f, a, par, st, car, n_sat)
 
 
 # Rows per tile of :func:`_held_rows`: the tile's state, parameters and stage
@@ -965,7 +983,7 @@ def _held_rows(h, substeps, p, v, f, a, par, st, car):
         hi = min(lo + _TILE, n)
         tp = (par[0][lo:hi], par[1][lo:hi], par[2][lo:hi], par[3][lo:hi], par[4][lo:hi],
               par[5][lo:hi], par[6][lo:hi], par[7][lo:hi], par[8][lo:hi], par[9][lo:hi],
-              par[10][lo:hi], par[11][lo:hi])
+              par[10][lo:hi])
         ts = (st[0][lo:hi], st[1][lo:hi], st[2][lo:hi], st[3][lo:hi], st[4][lo:hi])
         _held_substeps(h, substeps, p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], tp, ts, car)
 
@@ -1008,7 +1026,7 @@ def _held_span(lo, hi, car, p, v, f, a, h, substeps, plant, work):
     """:func:`_held_rows` of the rows ``lo <= i < hi`` (all one preset)."""
     # The row views made once per interval, not at every substep (views cost
     # reference counting).
-    par = (plant[P_TAU, lo:hi], work[8, lo:hi], work[13, lo:hi], work[14, lo:hi],
+    par = (work[8, lo:hi], work[13, lo:hi], work[14, lo:hi],
            work[15, lo:hi], plant[P_DLIN, lo:hi], plant[P_DQUAD, lo:hi],
            plant[P_GEAR_RATIO, lo:hi], plant[P_TMAX, lo:hi], plant[P_WMAX, lo:hi],
            plant[P_BETA, lo:hi], plant[P_BRAKE, lo:hi])
