@@ -463,7 +463,7 @@ def event_window(t, events):
 # so the first stage looks both up.
 _EMPTY_CACHE = (0.0, -_INF, 0.0, 0.0, 0.0, 0.0, 0.0, -_INF, 0.0, 0.0)
 # Rows of the batch scratch array (see batch_work).
-_N_WORK = 16
+_N_WORK = 20
 
 
 @njit(cache=True)
@@ -817,17 +817,20 @@ def _road_pass(x_of, sp, t, seg, sn, cs, gx, gth, r0, r1):
     which are mostly constant grades joined by short ramps.
     """
     lo, hi, th_lo, slope = seg[0], seg[1], seg[2], seg[3]
-    # The lookups (rare: a vehicle left its piece) in one scalar loop, so the
-    # grade loop below has no branches and vectorises.
-    stale = False
+    # Count the vehicles that left their piece and those on a ramp in a loop
+    # without branches (it vectorises: it runs at every stage), then look the
+    # leavers up (rare) in a scalar loop of their own.
+    n_out = n_ramp = 0
     for i in range(r0, r1):
         x = sp[i] if x_of else t
-        if not (lo[i] <= x < hi[i]):
-            lo[i], hi[i], th_lo[i], slope[i] = road_segment(x, gx, gth)
-            stale = True
-        elif slope[i] != 0.0:
-            stale = True
-    if not stale:
+        n_out += 0 if lo[i] <= x < hi[i] else 1
+        n_ramp += 1 if slope[i] != 0.0 else 0
+    if n_out > 0:
+        for i in range(r0, r1):
+            x = sp[i] if x_of else t
+            if not (lo[i] <= x < hi[i]):
+                lo[i], hi[i], th_lo[i], slope[i] = road_segment(x, gx, gth)
+    elif n_ramp == 0:
         return
     if x_of:
         for i in range(r0, r1):
@@ -905,7 +908,7 @@ def _vehicle_stage(c, h, st, pull, rolling, inv_m, pv, sat):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _held_stage_loop(c, h, p, v, f, a, par, st, car, sat):
+def _held_stage_loop(c, h, p, v, f, a, par, st, car, sat, bounded):
     """RK4 stage ``c`` for every vehicle of :func:`_held_substeps`; ``sat`` as
     in :func:`_sign`. Returns how many of the speeds the next stage starts
     from are past saturation (counted here, not in a pass of their own).
@@ -916,12 +919,14 @@ def _held_stage_loop(c, h, p, v, f, a, par, st, car, sat):
     ``st`` holds the stage state and weighted sums (five arrays) between
     stages; the last stage ends the substep (``p, v, f`` updated in place).
     The actuator lag is on where ``1/tau > 0`` (the same as ``tau > 0`` for
-    the finite ``tau`` a plant allows; one array fewer to load).
+    the finite ``tau`` a plant allows; one array fewer to load). Also counts
+    the next stage's speeds above each vehicle's bound ``vmax`` (see
+    :func:`_advance_held`): returns ``(n_sat, n_fast)``.
     """
-    inv_tau, inv_m, pull, rolling, dlin, dquad, gr, tmax, wmax, beta, brake = par
+    inv_tau, inv_m, pull, rolling, dlin, dquad, gr, tmax, wmax, beta, brake, vmax = par
     sv, sf, ap, av, af = st
     h6 = h / 6.0
-    n_sat = 0
+    n_sat = n_fast = 0
     for i in range(p.shape[0]):
         pi, vi, fi, it = p[i], v[i], f[i], inv_tau[i]
         pv = (pi, vi, fi, a[i], car, it > 0.0, it, dlin[i], dquad[i],
@@ -937,21 +942,25 @@ def _held_stage_loop(c, h, p, v, f, a, par, st, car, sat):
             sv[i], sf[i], ap[i], av[i], af[i] = y
             v_next = y[0]
         n_sat += _past_saturation(v_next)
-    return n_sat
+        if bounded:
+            n_fast += 1 if abs(v_next) > vmax[i] else 0
+    return n_sat, n_fast
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _held_stage(c, h, p, v, f, a, par, st, car, n_sat):
+def _held_stage(c, h, p, v, f, a, par, st, car, bounded, counts):
     """:func:`_held_stage_loop`, without the sign function if every vehicle's
-    stage speed is past saturation (``n_sat`` of them are: same bits, ~1.7x
-    faster)."""
-    if n_sat == p.shape[0]:
-        return _held_stage_loop(c, h, p, v, f, a, par, st, car, True)
-    return _held_stage_loop(c, h, p, v, f, a, par, st, car, False)
+    stage speed is past saturation (``counts[0]`` of them are: same bits,
+    ~1.7x faster); adds up the speeds over their bound (``counts[1]``)."""
+    if counts[0] == p.shape[0]:
+        n_sat, n_fast = _held_stage_loop(c, h, p, v, f, a, par, st, car, True, bounded)
+    else:
+        n_sat, n_fast = _held_stage_loop(c, h, p, v, f, a, par, st, car, False, bounded)
+    return n_sat, counts[1] + n_fast
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _held_substeps(h, substeps, p, v, f, a, par, st, car):
+def _held_substeps(h, substeps, p, v, f, a, par, st, car, bounded):
     """``substeps`` RK4 substeps of every vehicle over an interval in which the
     payload, external force and each vehicle's grade are held.
 
@@ -960,14 +969,19 @@ def _held_substeps(h, substeps, p, v, f, a, par, st, car):
     these loops vectorise with it, and a copy per preset would double the
     first-use compile time.
     """
-    n_sat = 0
+    vmax = par[11]
+    n_sat = n_fast = 0
     for i in range(v.shape[0]):
         n_sat += _past_saturation(v[i])
+        if bounded:
+            n_fast += 1 if abs(v[i]) > vmax[i] else 0
+    counts = (n_sat, n_fast)
     for _ in range(substeps):
-        n_sat = _held_stage(0, h, p, v, f, a, par, st, car, n_sat)
-        n_sat = _held_stage(1, h, p, v, f, a, par, st, car, n_sat)
-        n_sat = _held_stage(2, h, p, v, f, a, par, st, car, n_sat)
-        n_sat = _held_stage(3, h, p, v, f, a, par, st, car, n_sat)
+        counts = _held_stage(0, h, p, v, f, a, par, st, car, bounded, counts)
+        counts = _held_stage(1, h, p, v, f, a, par, st, car, bounded, counts)
+        counts = _held_stage(2, h, p, v, f, a, par, st, car, bounded, counts)
+        counts = _held_stage(3, h, p, v, f, a, par, st, car, bounded, counts)
+    return counts[1]
 
 
 # Rows per tile of :func:`_held_rows`: the tile's state, parameters and stage
@@ -976,16 +990,24 @@ _TILE = 192
 
 
 @njit(cache=True, error_model="numpy")
-def _held_rows(h, substeps, p, v, f, a, par, st, car):
-    """:func:`_held_substeps`, a tile of rows at a time."""
+def _held_rows(h, substeps, p, v, f, a, par, st, car, bounded):
+    """:func:`_held_substeps`, a tile of rows at a time; returns how many
+    stage speeds were over their bound."""
     n = p.shape[0]
+    n_fast = 0
     for lo in range(0, n, _TILE):
         hi = min(lo + _TILE, n)
         tp = (par[0][lo:hi], par[1][lo:hi], par[2][lo:hi], par[3][lo:hi], par[4][lo:hi],
               par[5][lo:hi], par[6][lo:hi], par[7][lo:hi], par[8][lo:hi], par[9][lo:hi],
-              par[10][lo:hi])
+              par[10][lo:hi], par[11][lo:hi])
         ts = (st[0][lo:hi], st[1][lo:hi], st[2][lo:hi], st[3][lo:hi], st[4][lo:hi])
-        _held_substeps(h, substeps, p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], tp, ts, car)
+        pt, vt, ft, at = p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi]
+        # A copy without the speed bounds for flat roads (they cost ~8 % there).
+        if bounded:
+            n_fast += _held_substeps(h, substeps, pt, vt, ft, at, tp, ts, car, True)
+        else:
+            n_fast += _held_substeps(h, substeps, pt, vt, ft, at, tp, ts, car, False)
+    return n_fast
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -1022,44 +1044,73 @@ def _all_equal(x, r0, r1):
 
 
 @njit(cache=True, error_model="numpy")
-def _held_span(lo, hi, car, p, v, f, a, h, substeps, plant, work):
+def _held_span(lo, hi, car, bounded, p, v, f, a, h, substeps, plant, work):
     """:func:`_held_rows` of the rows ``lo <= i < hi`` (all one preset)."""
     # The row views made once per interval, not at every substep (views cost
     # reference counting).
     par = (work[8, lo:hi], work[13, lo:hi], work[14, lo:hi],
            work[15, lo:hi], plant[P_DLIN, lo:hi], plant[P_DQUAD, lo:hi],
            plant[P_GEAR_RATIO, lo:hi], plant[P_TMAX, lo:hi], plant[P_WMAX, lo:hi],
-           plant[P_BETA, lo:hi], plant[P_BRAKE, lo:hi])
+           plant[P_BETA, lo:hi], plant[P_BRAKE, lo:hi], work[16, lo:hi])
     st = (work[1, lo:hi], work[2, lo:hi], work[3, lo:hi], work[4, lo:hi], work[5, lo:hi])
-    _held_rows(h, substeps, p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], par, st, car)
+    return _held_rows(h, substeps, p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], par, st, car,
+                      bounded)
+
+
+# Share of the distance to the end of its road piece that a vehicle may cover
+# in an interval of the held-grade path (the margin covers rounding).
+_PIECE_SHARE = 0.999
 
 
 @njit(cache=True, error_model="numpy")
-def _advance_held(r0, r1, p, v, f, a, h, substeps, plant, uniform, payload, f_ext, prof,
-                  work):
-    """:func:`advance_rows` on a flat road by position (each vehicle keeps the
-    constant grade cached in ``work``: the road's, or its own from
-    :func:`preset_grade`) over an interval in which the events hold
-    ``payload`` and ``f_ext`` throughout.
-
+def _advance_held(r0, r1, p, v, f, a, dt, h, substeps, plant, uniform, payload, f_ext,
+                  flat, prof, work):
+    """:func:`advance_rows` over an interval in which the events hold ``payload``
+    and ``f_ext`` throughout and each vehicle's grade is constant: the road
+    by position is flat, or every vehicle stays on a piece of constant grade.
     Then each vehicle's load terms and 1/m are the same at every stage,
-    computed here once.
+    computed here once. Returns False, with the vehicles untouched, where
+    that does not hold.
+
+    On a road with pieces (not ``flat``), a vehicle at ``p`` on the piece
+    ``[lo, hi)`` stays on it for the interval if no stage speed exceeds
+    ``vmax = min(p - lo, hi - p) / dt`` (a stage position is the start
+    position plus at most ``dt`` times a stage speed). The stage loops count
+    the speeds over ``vmax``: if any is, the interval is undone and run stage
+    by stage. It is not tried where a vehicle is on a ramp, or where half of
+    ``vmax`` is already below its speed (it would probably be undone). The
+    held path then computes what the stage-by-stage path would: the same bits.
     """
     sn, cs = work[6], work[7]
     _road_pass(True, p, 0.0, work[9:13], sn, cs, prof.grade_x, prof.grade_th, r0, r1)
+    lo, hi, slope, vmax = work[9], work[10], work[12], work[16]
+    n_off = 0
+    for i in range(r0, r1):   # inf on a flat road; NaN (never over) for a diverged row
+        vmax[i] = _PIECE_SHARE * min(p[i] - lo[i], hi[i] - p[i]) / dt
+        n_off += 1 if slope[i] != 0.0 or 2.0 * abs(v[i]) > vmax[i] else 0
+    if n_off > 0:
+        return False
     inv_m, pull, rolling = work[13], work[14], work[15]
     for i in range(r0, r1):
         m = plant[P_MASS, i] + payload
         inv_m[i] = 1.0 / m
         pull[i], rolling[i] = _load_terms(m, sn[i], cs[i], f_ext, plant[P_G, i],
                                           plant[P_CR, i])
+        if not flat:
+            work[17, i], work[18, i], work[19, i] = p[i], v[i], f[i]
+    n_fast = 0
     if uniform:
-        _held_span(r0, r1, plant[P_KIND, r0] == KIND_CAR, p, v, f, a, h, substeps, plant,
-                   work)
+        n_fast = _held_span(r0, r1, plant[P_KIND, r0] == KIND_CAR, not flat, p, v, f, a, h,
+                            substeps, plant, work)
     else:  # a block mixing presets (rare) runs one row at a time
         for i in range(r0, r1):
-            _held_span(i, i + 1, plant[P_KIND, i] == KIND_CAR, p, v, f, a, h, substeps,
-                       plant, work)
+            n_fast += _held_span(i, i + 1, plant[P_KIND, i] == KIND_CAR, not flat, p, v, f,
+                                 a, h, substeps, plant, work)
+    if n_fast == 0:
+        return True
+    for i in range(r0, r1):   # a vehicle may have left its piece: undo
+        p[i], v[i], f[i] = work[17, i], work[18, i], work[19, i]
+    return False
 
 
 @njit(cache=True, error_model="numpy")
@@ -1091,11 +1142,10 @@ def advance_rows(r0, r1, p, v, f, a, t0, dt, substeps, plant, prof, work):
         inv_tau[i] = 1.0 / tau[i] if tau[i] > 0.0 else 0.0
     uniform = _all_equal(plant[P_KIND], r0, r1)
     h = dt / substeps
-    if flat and not by_time:
+    if not by_time:
         held, payload, f_ext = _events_held(t0, h, substeps, prof.events)
-        if held:
-            _advance_held(r0, r1, p, v, f, a, h, substeps, plant, uniform, payload, f_ext,
-                          prof, work)
+        if held and _advance_held(r0, r1, p, v, f, a, dt, h, substeps, plant, uniform,
+                                  payload, f_ext, flat, prof, work):
             return
     # ``car`` must be loop-invariant for the stage loop to vectorise, so a
     # block mixing presets (rare) runs one row at a time.
@@ -1186,7 +1236,8 @@ def batch_work(nb):
     grade, 8 1/tau, 9-12 each vehicle's cached road piece (lo, hi, theta_lo,
     slope), 13 each vehicle's 1/m (with the payload), 14-15 the held-input
     path's load terms (the stage-by-stage path keeps the mass with the payload
-    in 14). See :func:`aligned_rows` for the layout.
+    in 14), 16 the held path's speed bounds, 17-19 its saved ``p, v, f``.
+    See :func:`aligned_rows` for the layout.
     """
     work = aligned_rows(_N_WORK, nb)
     work[9, :] = _INF   # road-piece cache starts invalid (lo = inf > any x)

@@ -114,6 +114,44 @@ def test_batch_equals_single_on_constant_grades_joined_by_short_ramps(by):
         assert np.array_equal(single, out[i]), i
 
 
+def test_held_grade_intervals_that_may_leave_their_piece_are_undone():
+    # Robots starting at rest next to grade steps, pushed hard over long control
+    # periods: the batch tries each interval with the grades held (every vehicle
+    # on a constant piece, slow for its distance to the piece's end) and must
+    # undo it when a stage speed passes that bound.
+    road = Road(((0.3, 0.0), (0.31, 4.0), (2.0, 4.0), (2.01, -3.0), (6.0, -3.0),
+                 (6.05, 0.0)))
+    sc = Scenario(reference=Reference([(0.0, 2.0)]), duration=8.0, control_period=0.4,
+                  substeps=8, initial_speed=0.0, road=road)
+    prof = sc.pack()
+    light = sc.plant.with_(mass=2.0).pack()          # 10 m/s^2 at 20 N
+    plant = np.ascontiguousarray(np.array([light] * 2).T)
+    p, v, f, a = np.zeros(2), np.zeros(2), np.array([20.0, 0.0]), np.array([20.0, 0.0])
+    work = K.batch_work(2)
+    kept = (p.copy(), v.copy(), f.copy())
+    h = prof.ts / prof.substeps
+    held = K._advance_held(0, 2, p, v, f, a, prof.ts, h, prof.substeps, plant, True, 0.0,
+                           0.0, False, prof, work)
+    assert not held
+    assert all(np.array_equal(x, y) for x, y in zip((p, v, f), kept))
+    # A slow enough interval is kept, with the values of the stage-by-stage path.
+    a[:] = f[:] = 0.0
+    assert K._advance_held(0, 2, p, v, f, a, prof.ts, h, prof.substeps, plant, True, 0.0,
+                           0.0, False, prof, work)
+    ctls = [ctrlsim.controller(s).resolve(None, "robot")
+            for s in ("relu", "leaky:0.2,kp=40", "linear,kp=80", "leaky:0.5,kp=20")]
+    pp = np.array([sc.plant.with_(mass=m).pack() for m in (2.0, 5.0, 8.0, 12.0)])
+    cp = pack_controllers(ctls)
+    out = np.empty((len(ctls), prof.ref.size, 5))
+    div, feas = np.empty(len(ctls), np.int64), np.empty(len(ctls), np.bool_)
+    K.rollout_batch(pp, cp, prof, out, div, feas)
+    assert (div < 0).all() and (out[:, -1, 0] > 6.05).all()   # every row passed every step
+    for i in range(len(ctls)):
+        single = np.empty((prof.ref.size, 5))
+        K.rollout(pp[i], cp[i], prof, single)
+        assert np.array_equal(single, out[i]), i
+
+
 @njit
 def _sincos_many(x):
     sn, cs = np.empty_like(x), np.empty_like(x)
