@@ -463,7 +463,7 @@ def event_window(t, events):
 # so the first stage looks both up.
 _EMPTY_CACHE = (0.0, -_INF, 0.0, 0.0, 0.0, 0.0, 0.0, -_INF, 0.0, 0.0)
 # Rows of the batch scratch array (see batch_work).
-_N_WORK = 20
+_N_WORK = 21
 
 
 @njit(cache=True)
@@ -910,8 +910,11 @@ def _vehicle_stage(c, h, st, pull, rolling, inv_m, pv, sat):
 @njit(cache=True, inline="always", error_model="numpy")
 def _held_stage_loop(c, h, p, v, f, a, par, st, car, sat, bounded):
     """RK4 stage ``c`` for every vehicle of :func:`_held_substeps`; ``sat`` as
-    in :func:`_sign`. Returns how many of the speeds the next stage starts
-    from are past saturation (counted here, not in a pass of their own).
+    in :func:`_sign`. With ``sat``, returns how many of the speeds the next
+    stage starts from are still past saturation (else 0: the loop that
+    computes the sign function is right for any speed, and a count in it made
+    it ~15 % slower, so a tile that drops below saturation keeps that loop to
+    the end of the interval).
 
     One short loop per stage rather than one loop over whole substeps: a
     substep is a chain of four dependent stages that leaves the core waiting
@@ -919,14 +922,15 @@ def _held_stage_loop(c, h, p, v, f, a, par, st, car, sat, bounded):
     ``st`` holds the stage state and weighted sums (five arrays) between
     stages; the last stage ends the substep (``p, v, f`` updated in place).
     The actuator lag is on where ``1/tau > 0`` (the same as ``tau > 0`` for
-    the finite ``tau`` a plant allows; one array fewer to load). Also counts
-    the next stage's speeds above each vehicle's bound ``vmax`` (see
-    :func:`_advance_held`): returns ``(n_sat, n_fast)``.
+    the finite ``tau`` a plant allows; one array fewer to load). With
+    ``bounded``, ``top`` keeps each vehicle's largest |stage speed| (see
+    :func:`_advance_held`; a running maximum per vehicle, because a count
+    across vehicles costs as much as the saturation count).
     """
-    inv_tau, inv_m, pull, rolling, dlin, dquad, gr, tmax, wmax, beta, brake, vmax = par
+    inv_tau, inv_m, pull, rolling, dlin, dquad, gr, tmax, wmax, beta, brake, top = par
     sv, sf, ap, av, af = st
     h6 = h / 6.0
-    n_sat = n_fast = 0
+    n_sat = 0
     for i in range(p.shape[0]):
         pi, vi, fi, it = p[i], v[i], f[i], inv_tau[i]
         pv = (pi, vi, fi, a[i], car, it > 0.0, it, dlin[i], dquad[i],
@@ -941,22 +945,22 @@ def _held_stage_loop(c, h, p, v, f, a, par, st, car, sat, bounded):
         else:
             sv[i], sf[i], ap[i], av[i], af[i] = y
             v_next = y[0]
-        n_sat += _past_saturation(v_next)
-        if bounded:
-            n_fast += 1 if abs(v_next) > vmax[i] else 0
-    return n_sat, n_fast
+        if sat:
+            n_sat += _past_saturation(v_next)
+        if bounded:   # NaN (a diverged row) leaves it
+            speed = abs(v_next)
+            top[i] = speed if speed > top[i] else top[i]
+    return n_sat
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _held_stage(c, h, p, v, f, a, par, st, car, bounded, counts):
+def _held_stage(c, h, p, v, f, a, par, st, car, bounded, n_sat):
     """:func:`_held_stage_loop`, without the sign function if every vehicle's
-    stage speed is past saturation (``counts[0]`` of them are: same bits,
-    ~1.7x faster); adds up the speeds over their bound (``counts[1]``)."""
-    if counts[0] == p.shape[0]:
-        n_sat, n_fast = _held_stage_loop(c, h, p, v, f, a, par, st, car, True, bounded)
-    else:
-        n_sat, n_fast = _held_stage_loop(c, h, p, v, f, a, par, st, car, False, bounded)
-    return n_sat, counts[1] + n_fast
+    stage speed is past saturation (``n_sat`` of them are: same bits, ~1.7x
+    faster)."""
+    if n_sat == p.shape[0]:
+        return _held_stage_loop(c, h, p, v, f, a, par, st, car, True, bounded)
+    return _held_stage_loop(c, h, p, v, f, a, par, st, car, False, bounded)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -969,19 +973,14 @@ def _held_substeps(h, substeps, p, v, f, a, par, st, car, bounded):
     these loops vectorise with it, and a copy per preset would double the
     first-use compile time.
     """
-    vmax = par[11]
-    n_sat = n_fast = 0
+    n_sat = 0
     for i in range(v.shape[0]):
         n_sat += _past_saturation(v[i])
-        if bounded:
-            n_fast += 1 if abs(v[i]) > vmax[i] else 0
-    counts = (n_sat, n_fast)
     for _ in range(substeps):
-        counts = _held_stage(0, h, p, v, f, a, par, st, car, bounded, counts)
-        counts = _held_stage(1, h, p, v, f, a, par, st, car, bounded, counts)
-        counts = _held_stage(2, h, p, v, f, a, par, st, car, bounded, counts)
-        counts = _held_stage(3, h, p, v, f, a, par, st, car, bounded, counts)
-    return counts[1]
+        n_sat = _held_stage(0, h, p, v, f, a, par, st, car, bounded, n_sat)
+        n_sat = _held_stage(1, h, p, v, f, a, par, st, car, bounded, n_sat)
+        n_sat = _held_stage(2, h, p, v, f, a, par, st, car, bounded, n_sat)
+        n_sat = _held_stage(3, h, p, v, f, a, par, st, car, bounded, n_sat)
 
 
 # Rows per tile of :func:`_held_rows`: the tile's state, parameters and stage
@@ -991,10 +990,8 @@ _TILE = 192
 
 @njit(cache=True, error_model="numpy")
 def _held_rows(h, substeps, p, v, f, a, par, st, car, bounded):
-    """:func:`_held_substeps`, a tile of rows at a time; returns how many
-    stage speeds were over their bound."""
+    """:func:`_held_substeps`, a tile of rows at a time."""
     n = p.shape[0]
-    n_fast = 0
     for lo in range(0, n, _TILE):
         hi = min(lo + _TILE, n)
         tp = (par[0][lo:hi], par[1][lo:hi], par[2][lo:hi], par[3][lo:hi], par[4][lo:hi],
@@ -1002,12 +999,11 @@ def _held_rows(h, substeps, p, v, f, a, par, st, car, bounded):
               par[10][lo:hi], par[11][lo:hi])
         ts = (st[0][lo:hi], st[1][lo:hi], st[2][lo:hi], st[3][lo:hi], st[4][lo:hi])
         pt, vt, ft, at = p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi]
-        # A copy without the speed bounds for flat roads (they cost ~8 % there).
+        # A copy without the speed maxima for flat roads (they cost ~5 % there).
         if bounded:
-            n_fast += _held_substeps(h, substeps, pt, vt, ft, at, tp, ts, car, True)
+            _held_substeps(h, substeps, pt, vt, ft, at, tp, ts, car, True)
         else:
-            n_fast += _held_substeps(h, substeps, pt, vt, ft, at, tp, ts, car, False)
-    return n_fast
+            _held_substeps(h, substeps, pt, vt, ft, at, tp, ts, car, False)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -1051,10 +1047,9 @@ def _held_span(lo, hi, car, bounded, p, v, f, a, h, substeps, plant, work):
     par = (work[8, lo:hi], work[13, lo:hi], work[14, lo:hi],
            work[15, lo:hi], plant[P_DLIN, lo:hi], plant[P_DQUAD, lo:hi],
            plant[P_GEAR_RATIO, lo:hi], plant[P_TMAX, lo:hi], plant[P_WMAX, lo:hi],
-           plant[P_BETA, lo:hi], plant[P_BRAKE, lo:hi], work[16, lo:hi])
+           plant[P_BETA, lo:hi], plant[P_BRAKE, lo:hi], work[20, lo:hi])
     st = (work[1, lo:hi], work[2, lo:hi], work[3, lo:hi], work[4, lo:hi], work[5, lo:hi])
-    return _held_rows(h, substeps, p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], par, st, car,
-                      bounded)
+    _held_rows(h, substeps, p[lo:hi], v[lo:hi], f[lo:hi], a[lo:hi], par, st, car, bounded)
 
 
 # Share of the distance to the end of its road piece that a vehicle may cover
@@ -1075,19 +1070,21 @@ def _advance_held(r0, r1, p, v, f, a, dt, h, substeps, plant, uniform, payload, 
     On a road with pieces (not ``flat``), a vehicle at ``p`` on the piece
     ``[lo, hi)`` stays on it for the interval if no stage speed exceeds
     ``vmax = min(p - lo, hi - p) / dt`` (a stage position is the start
-    position plus at most ``dt`` times a stage speed). The stage loops count
-    the speeds over ``vmax``: if any is, the interval is undone and run stage
-    by stage. It is not tried where a vehicle is on a ramp, or where half of
-    ``vmax`` is already below its speed (it would probably be undone). The
+    position plus at most ``dt`` times a stage speed). The stage loops keep
+    each vehicle's largest stage speed: if any is over its ``vmax``, the
+    interval is undone and run stage by stage. It is not tried where a
+    vehicle is on a ramp, or where half of ``vmax`` is already below its speed
+    (it would probably be undone). The
     held path then computes what the stage-by-stage path would: the same bits.
     """
     sn, cs = work[6], work[7]
     _road_pass(True, p, 0.0, work[9:13], sn, cs, prof.grade_x, prof.grade_th, r0, r1)
-    lo, hi, slope, vmax = work[9], work[10], work[12], work[16]
+    lo, hi, slope, vmax, top = work[9], work[10], work[12], work[16], work[20]
     n_off = 0
     for i in range(r0, r1):   # inf on a flat road; NaN (never over) for a diverged row
         vmax[i] = _PIECE_SHARE * min(p[i] - lo[i], hi[i] - p[i]) / dt
-        n_off += 1 if slope[i] != 0.0 or 2.0 * abs(v[i]) > vmax[i] else 0
+        top[i] = abs(v[i])
+        n_off += 1 if slope[i] != 0.0 or 2.0 * top[i] > vmax[i] else 0
     if n_off > 0:
         return False
     inv_m, pull, rolling = work[13], work[14], work[15]
@@ -1098,14 +1095,17 @@ def _advance_held(r0, r1, p, v, f, a, dt, h, substeps, plant, uniform, payload, 
                                           plant[P_CR, i])
         if not flat:
             work[17, i], work[18, i], work[19, i] = p[i], v[i], f[i]
-    n_fast = 0
     if uniform:
-        n_fast = _held_span(r0, r1, plant[P_KIND, r0] == KIND_CAR, not flat, p, v, f, a, h,
-                            substeps, plant, work)
+        _held_span(r0, r1, plant[P_KIND, r0] == KIND_CAR, not flat, p, v, f, a, h, substeps,
+                   plant, work)
     else:  # a block mixing presets (rare) runs one row at a time
         for i in range(r0, r1):
-            n_fast += _held_span(i, i + 1, plant[P_KIND, i] == KIND_CAR, not flat, p, v, f,
-                                 a, h, substeps, plant, work)
+            _held_span(i, i + 1, plant[P_KIND, i] == KIND_CAR, not flat, p, v, f, a, h,
+                       substeps, plant, work)
+    n_fast = 0
+    if not flat:
+        for i in range(r0, r1):
+            n_fast += 1 if top[i] > vmax[i] else 0
     if n_fast == 0:
         return True
     for i in range(r0, r1):   # a vehicle may have left its piece: undo
@@ -1236,7 +1236,8 @@ def batch_work(nb):
     grade, 8 1/tau, 9-12 each vehicle's cached road piece (lo, hi, theta_lo,
     slope), 13 each vehicle's 1/m (with the payload), 14-15 the held-input
     path's load terms (the stage-by-stage path keeps the mass with the payload
-    in 14), 16 the held path's speed bounds, 17-19 its saved ``p, v, f``.
+    in 14), 16 the held path's speed bounds, 17-19 its saved ``p, v, f``, 20
+    each vehicle's largest stage speed in it.
     See :func:`aligned_rows` for the layout.
     """
     work = aligned_rows(_N_WORK, nb)
