@@ -1080,13 +1080,14 @@ def _advance_held(r0, r1, p, v, f, a, dt, h, substeps, plant, uniform, payload, 
     sn, cs = work[6], work[7]
     _road_pass(True, p, 0.0, work[9:13], sn, cs, prof.grade_x, prof.grade_th, r0, r1)
     lo, hi, slope, vmax, top = work[9], work[10], work[12], work[16], work[20]
-    n_off = 0
-    for i in range(r0, r1):   # inf on a flat road; NaN (never over) for a diverged row
-        vmax[i] = _PIECE_SHARE * min(p[i] - lo[i], hi[i] - p[i]) / dt
-        top[i] = abs(v[i])
-        n_off += 1 if slope[i] != 0.0 or 2.0 * top[i] > vmax[i] else 0
-    if n_off > 0:
-        return False
+    if not flat:
+        n_off = 0
+        for i in range(r0, r1):   # NaN (never over) for a diverged row
+            vmax[i] = _PIECE_SHARE * min(p[i] - lo[i], hi[i] - p[i]) / dt
+            top[i] = abs(v[i])
+            n_off += 1 if slope[i] != 0.0 or 2.0 * top[i] > vmax[i] else 0
+        if n_off > 0:
+            return False
     inv_m, pull, rolling = work[13], work[14], work[15]
     for i in range(r0, r1):
         m = plant[P_MASS, i] + payload
