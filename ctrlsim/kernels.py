@@ -200,7 +200,7 @@ def _tanh(x):
     by its [6/6] Pade approximant, and then ``tanh = (e^y - 1)/(e^y + 1)``
     written out as ``((2^k - 1) E + (2^k + 1) O) / ((2^k + 1) E + (2^k - 1) O)``:
     one division, no cancellation at small ``x`` (k = 0 leaves ``2 O / 2 E``),
-    fused multiply-adds on the larger products. Within 3 ulp of libm (tested),
+    fused multiply-adds on the larger products. Within 4 ulp of libm (tested),
     exact +-1 beyond |x| = 19.1, NaN in, NaN out. Half the multiply-adds of a
     Taylor polynomial for ``expm1``. Every path uses this function, so single
     runs, batches and the env agree bit for bit.
@@ -956,7 +956,7 @@ def _held_stage_loop(c, h, p, v, f, a, par, st, car, sat, bounded):
 @njit(cache=True, inline="always", error_model="numpy")
 def _held_stage(c, h, p, v, f, a, par, st, car, bounded, n_sat):
     """:func:`_held_stage_loop`, without the sign function if every vehicle's
-    stage speed is past saturation (``n_sat`` of them are: same bits, ~1.7x
+    stage speed is past saturation (``n_sat`` of them are: same bits, ~1.5x
     faster)."""
     if n_sat == p.shape[0]:
         return _held_stage_loop(c, h, p, v, f, a, par, st, car, True, bounded)
@@ -1053,8 +1053,11 @@ def _held_span(lo, hi, car, bounded, p, v, f, a, h, substeps, plant, work):
 
 
 # Share of the distance to the end of its road piece that a vehicle may cover
-# in an interval of the held-grade path (the margin covers rounding).
+# in an interval of the held-grade path, and the rounding allowed for per
+# substep and unit of |position| (twice the worst case: the position and each
+# stage position are rounded to half an ulp, <= 1.2e-16 |p|).
 _PIECE_SHARE = 0.999
+_ROUNDING = 4.5e-16
 
 
 @njit(cache=True, error_model="numpy")
@@ -1069,13 +1072,16 @@ def _advance_held(r0, r1, p, v, f, a, dt, h, substeps, plant, uniform, payload, 
 
     On a road with pieces (not ``flat``), a vehicle at ``p`` on the piece
     ``[lo, hi)`` stays on it for the interval if no stage speed exceeds
-    ``vmax = min(p - lo, hi - p) / dt`` (a stage position is the start
-    position plus at most ``dt`` times a stage speed). The stage loops keep
-    each vehicle's largest stage speed: if any is over its ``vmax``, the
-    interval is undone and run stage by stage. It is not tried where a
-    vehicle is on a ramp, or where half of ``vmax`` is already below its speed
-    (it would probably be undone). The
-    held path then computes what the stage-by-stage path would: the same bits.
+    ``vmax = 0.999 (min(p - lo, hi - p) - (substeps + 2) 4.5e-16 |p|) / dt``:
+    in exact arithmetic a stage position is the start position plus at most
+    ``dt`` times a stage speed, and the second term bounds the rounding of
+    the positions computed on the way (a vehicle creeping within a few
+    hundred ulps of a piece's end would otherwise cross it unseen). The stage
+    loops keep each vehicle's largest stage speed: if any is over its
+    ``vmax``, the interval is undone and run stage by stage. It is not tried
+    where a vehicle is on a ramp, or where half of ``vmax`` is already below
+    its speed (it would probably be undone). The held path then computes
+    what the stage-by-stage path would: the same bits.
     """
     sn, cs = work[6], work[7]
     _road_pass(True, p, 0.0, work[9:13], sn, cs, prof.grade_x, prof.grade_th, r0, r1)
@@ -1083,7 +1089,8 @@ def _advance_held(r0, r1, p, v, f, a, dt, h, substeps, plant, uniform, payload, 
     if not flat:
         n_off = 0
         for i in range(r0, r1):   # NaN (never over) for a diverged row
-            vmax[i] = _PIECE_SHARE * min(p[i] - lo[i], hi[i] - p[i]) / dt
+            room = min(p[i] - lo[i], hi[i] - p[i]) - (substeps + 2) * _ROUNDING * abs(p[i])
+            vmax[i] = _PIECE_SHARE * room / dt   # < 0 (never held) if within rounding
             top[i] = abs(v[i])
             n_off += 1 if slope[i] != 0.0 or 2.0 * top[i] > vmax[i] else 0
         if n_off > 0:
@@ -1121,7 +1128,9 @@ def advance_batch(p, v, f, a, t0, dt, substeps, plant, prof, work):
     The lockstep counterpart of :func:`plant_interval`, bit-identical to it
     row by row. ``plant`` is the transposed plant matrix (N_PLANT, nb),
     ``work`` a scratch array from :func:`batch_work` (it also caches road
-    pieces between calls). ``p, v, f`` (nb,) are updated in place.
+    pieces between calls). ``p, v, f`` (nb,) are updated in place. Plant
+    columns come from :meth:`Plant.pack` (finite, ``tau >= 0``): the loops
+    take the actuator lag as on where ``1/tau > 0``.
     """
     advance_rows(0, p.shape[0], p, v, f, a, t0, dt, substeps, plant, prof, work)
 

@@ -29,11 +29,12 @@ def _tanh_many(x):
 
 
 def test_branch_free_tanh_is_within_a_few_ulp_of_libm():
+    # -0.2043958...: a worst case found by a review (4 ulp from libm's, 3 from tanh).
     x = np.concatenate([np.linspace(-25, 25, 200_001), np.geomspace(1e-300, 25, 50_001),
-                        -np.geomspace(1e-300, 25, 5_001), [0.0, -0.0]])
+                        -np.geomspace(1e-300, 25, 5_001), [0.0, -0.0, -0.204395815478694]])
     ours, ref = _tanh_many(x), np.tanh(x)
     ulp = np.abs(ours - ref) / np.spacing(np.abs(ref))
-    assert ulp.max() <= 3
+    assert ulp.max() <= 4
     big = _tanh_many(np.array([19.2, -19.2, 1e300, -np.inf]))
     assert big.tolist() == [1.0, -1.0, 1.0, -1.0]
     assert np.isnan(_tanh_many(np.array([np.nan]))[0])
@@ -72,7 +73,8 @@ def test_batch_equals_single_when_whole_tiles_pass_the_sign_functions_saturation
         preset, road):
     # Set speeds above and below 1.91 m/s: periods in which every row of the
     # batch is past saturation (the loops skip tanh) alternate with periods in
-    # which some or all are not. Flat road: held-input loops; hills: stage by stage.
+    # which some or all are not. Flat road: held-input loops; hills: stage by stage
+    # (held again past the last ramp).
     ref = [(0.0, 3.0), (4.0, 1.0), (8.0, 2.5)]
     sc = Scenario(reference=Reference(ref), duration=12.0, control_period=0.02, substeps=3,
                   initial_speed=1.0, plant=make_plant(preset), road=road)
@@ -150,6 +152,27 @@ def test_held_grade_intervals_that_may_leave_their_piece_are_undone():
         single = np.empty((prof.ref.size, 5))
         K.rollout(pp[i], cp[i], prof, single)
         assert np.array_equal(single, out[i]), i
+
+
+def test_a_vehicle_creeping_ulps_from_a_grade_step_is_not_held_across_it():
+    # (from a review) A light robot 27 ulp before a step to 10 deg, creeping so
+    # slowly that exact arithmetic would keep it before the step for the period:
+    # the rounding of its positions over 50 substeps carries it across. The
+    # held-grade path must leave this period to the stage-by-stage lookups.
+    road = Road(((1.5, 0.0), (1.5 + 1e-9, 10.0), (3.0, 10.0)))
+    sc = Scenario(reference=Reference([(0.0, 0.0)]), duration=1.0, control_period=0.1,
+                  substeps=50, road=road,
+                  plant=make_plant("robot", mass=0.01, actuator_tau=0.0))
+    prof = sc.pack()
+    plant = np.ascontiguousarray(np.array([sc.plant.pack()]).T)
+    u = np.spacing(1.5)
+    p0, v0 = 1.5 - 27 * u, 12.5 * u / 0.1
+    a0 = 26 * u / 0.1 * (2 + 0.015 * 0.01 * 9.81 * 10)
+    p, v, f, a = np.array([p0]), np.array([v0]), np.zeros(1), np.array([a0])
+    K.advance_batch(p, v, f, a, 0.0, 0.1, 50, plant, prof, K.batch_work(1))
+    ref = K.plant_interval(p0, v0, 0.0, a0, 0.0, 0.1, 50, plant[:, 0].copy(), prof,
+                           K.input_cache())
+    assert (p[0], v[0], f[0]) == ref[:3]
 
 
 @njit
