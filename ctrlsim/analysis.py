@@ -30,6 +30,7 @@ import control
 import numpy as np
 
 from .controllers import Controller, as_controller
+from .kernels import _phi_inv
 from .metrics import step_info
 from .scenario import SPEED_LIMIT, Scenario, as_scenario
 from .validation import ParameterError, finite_float
@@ -296,10 +297,6 @@ def _phi(s: float, alpha: float) -> float:
     return s if s >= 0.0 else alpha * s
 
 
-def _phi_inv(a: float, alpha: float) -> float:
-    return a / alpha if (a < 0.0 and alpha > 0.0) else a
-
-
 def _needed(plant, v: float, m: float, theta: float, f_ext: float) -> float:
     """Actuator force that holds speed ``v``: resistance and gravity less the external force."""
     return _resistance(plant, v, m, theta)[0] + m * plant.gravity * math.sin(theta) - f_ext
@@ -392,6 +389,8 @@ def rest_point(scenario: Scenario, controller: Controller, op: OperatingPoint,
                       widths=_WIDTHS + (200.0, SPEED_LIMIT))
     if v is None:
         return None
+    # The pre-activation the rest command comes from: the anti-windup's phi^-1, the
+    # kernel's own (it is part of the control law the simulation runs).
     s = _phi_inv(a, ctl.slope) + (r - v) * ctl.ki / ctl.kaw
     u = _phi(s, ctl.slope)
     holds = s < 0.0 if kind == "coasting" else (u > hi if a == hi else u < lo)
