@@ -154,6 +154,12 @@ _LN2_LO = 1.90821492927058770002e-10
 _INV_LN2 = 1.0 / math.log(2.0)
 # tanh(x) is +-1 in double precision once 2|x| exceeds this.
 _TANH_SAT = 38.2
+# _tanh's clamp on 2|x|: k = 58 there, so 2^k +- 1 round to 2^k and the quotient is 1.
+_TANH_CLAMP = 40.0
+# How :func:`_sign` evaluates tanh (a constant at each call site): test for
+# saturation first (scalar code), known saturated, or always the branch-free
+# formula (vectorised loops, where a test would become a select).
+_SIGN_TEST, _SIGN_SAT, _SIGN_LANES = 0, 1, 2
 
 
 @intrinsic
@@ -185,6 +191,32 @@ def _claim(typingctx, counter):
     return sig, codegen
 
 
+@intrinsic
+def _prefetch_write(typingctx, out, i, k):
+    """Hint that ``out[i, k, -1]`` (a C-contiguous 3-D array) will be written
+    soon (llvm.prefetch: no fault on any address, no effect on results)."""
+    if not (isinstance(out, nbtypes.Array) and out.ndim == 3 and out.layout == "C"):
+        return None
+    sig = nbtypes.void(out, nbtypes.intp, nbtypes.intp)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        last = builder.sub(cgutils.unpack_tuple(builder, ary.shape, 3)[2],
+                           context.get_constant(nbtypes.intp, 1))
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary,
+                                       [args[1], args[2], last], wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+            "llvm.prefetch.p0")
+        # write, high temporal locality, data cache
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 1),
+                          ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
 # Even and odd parts of the [6/6] Pade approximant of exp(r) = (E + O)/(E - O):
 # E = 1 + P2 r^2 + P4 r^4 + P6 r^6, O = r (P1 + P3 r^2 + P5 r^4); relative error
 # < 2e-19 on |r| <= ln2/2.
@@ -201,14 +233,17 @@ def _tanh(x):
     written out as ``((2^k - 1) E + (2^k + 1) O) / ((2^k + 1) E + (2^k - 1) O)``:
     one division, no cancellation at small ``x`` (k = 0 leaves ``2 O / 2 E``),
     fused multiply-adds on the larger products. Within 4 ulp of libm (tested),
-    exact +-1 beyond |x| = 19.1, NaN in, NaN out. Half the multiply-adds of a
-    Taylor polynomial for ``expm1``. Every path uses this function, so single
-    runs, batches and the env agree bit for bit.
+    NaN in, NaN out. Half the multiply-adds of a Taylor polynomial for
+    ``expm1``. Every path uses this function, so single runs, batches and the
+    env agree bit for bit.
+
+    Exactly +-1 beyond |x| = 19.1 without a test: ``y`` is clamped to
+    :data:`_TANH_CLAMP`, where ``2^k - 1 == 2^k + 1`` in double precision
+    and the quotient is 1 (a select on ``y`` cost ~6 % of a vectorised stage).
+    Scalar code skips the work past that bound in :func:`_sign` instead.
     """
-    y = 2.0 * abs(x)
-    if y > _TANH_SAT:  # scalar code skips the work; vector code turns this into a select
-        return math.copysign(1.0, x)
-    k = math.floor(_fma(y, _INV_LN2, 0.5))
+    y = min(2.0 * abs(x), _TANH_CLAMP)
+    k = np.floor(_fma(y, _INV_LN2, 0.5))   # a float: -k below needs no conversion
     r = _fma(-k, _LN2_LO, _fma(-k, _LN2_HI, y))
     z = r * r
     e1 = z * _fma(z, _fma(z, _P6, _P4), _P2)          # E - 1
@@ -216,7 +251,6 @@ def _tanh(x):
     two_k = float(np.int64(1) << np.int64(k))
     km1, kp1 = two_k - 1.0, two_k + 1.0
     t = (km1 + _fma(kp1, o, km1 * e1)) / (kp1 + _fma(km1, o, kp1 * e1))
-    t = 1.0 if y > _TANH_SAT else t
     t = math.copysign(t, x)
     return t if x == x else x
 
@@ -253,7 +287,7 @@ def _sincos(x):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _actuator(a, v, car, gear_ratio, torque_max, omega_max, beta, brake, sat=False):
+def _actuator(a, v, car, gear_ratio, torque_max, omega_max, beta, brake, sat=_SIGN_TEST):
     """Force target (N) the actuator produces for command ``a`` at speed ``v``.
 
     Robot: ``a`` is the force. Car: throttle through the engine torque curve
@@ -275,7 +309,7 @@ def _resistance(v, m, cos_th, g, cr, dlin, dquad):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _resistance_terms(v, rolling, dlin, dquad, sat=False):
+def _resistance_terms(v, rolling, dlin, dquad, sat=_SIGN_TEST):
     """:func:`_resistance` with the rolling force ``cr m g cos(theta)`` given."""
     return rolling * _sign(v, sat) + dlin * v + dquad * v * abs(v)
 
@@ -284,11 +318,15 @@ def _resistance_terms(v, rolling, dlin, dquad, sat=False):
 def _sign(v, sat):
     """The smoothed sign of the speed, ``tanh(v / V_ROLL)``.
 
-    ``sat`` (a constant at each call site) says that ``v`` is known to be
-    past :func:`_saturated`'s bound, where :func:`_tanh` returns exactly +-1:
-    the same value without computing it.
+    ``sat`` (a constant at each call site): ``_SIGN_SAT`` says that ``v`` is
+    known to be past :func:`_saturated`'s bound, where :func:`_tanh` returns
+    exactly +-1, so that value is returned without computing it;
+    ``_SIGN_TEST`` tests for it first (scalar code); ``_SIGN_LANES`` always
+    computes :func:`_tanh` (vectorised loops). The same bits every way.
     """
-    return math.copysign(1.0, v) if sat else _tanh(v * _INV_V_ROLL)
+    if sat == _SIGN_SAT or (sat == _SIGN_TEST and _past_saturation(v)):
+        return math.copysign(1.0, v)
+    return _tanh(v * _INV_V_ROLL)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -333,7 +371,7 @@ def _accel(v, force, m, inv_m, sin_th, cos_th, f_ext, g, cr, dlin, dquad):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _accel_terms(v, force, pull, rolling, inv_m, dlin, dquad, sat=False):
+def _accel_terms(v, force, pull, rolling, inv_m, dlin, dquad, sat=_SIGN_TEST):
     """:func:`_accel` with the terms of :func:`_load_terms` given.
 
     Summed so that the terms that do not depend on the speed are combined
@@ -359,7 +397,7 @@ def _force_rates(f, f_target, lag, inv_tau):
 # counting, and the loops they are inlined into still vectorise (measured).
 @njit(cache=True, error_model="numpy")
 def _slopes(sv, sf, a, m, inv_m, sn, cs, f_ext, car, lag, inv_tau, g, cr, dlin, dquad,
-            gr, tmax, wmax, beta, brake, sat=False):
+            gr, tmax, wmax, beta, brake, sat=_SIGN_TEST):
     """(dv/dt, dF/dt) at one RK4 stage: the right-hand side every path evaluates
     (``sat`` as in :func:`_sign`)."""
     pull, rolling = _load_terms(m, sn, cs, f_ext, g, cr)
@@ -369,7 +407,7 @@ def _slopes(sv, sf, a, m, inv_m, sn, cs, f_ext, car, lag, inv_tau, g, cr, dlin, 
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _slopes_terms(sv, sf, a, pull, rolling, inv_m, car, lag, inv_tau, dlin, dquad,
-                  gr, tmax, wmax, beta, brake, sat=False):
+                  gr, tmax, wmax, beta, brake, sat=_SIGN_TEST):
     """:func:`_slopes` with the terms of :func:`_load_terms` given."""
     f_target = _actuator(a, sv, car, gr, tmax, wmax, beta, brake, sat)
     force, dfv = _force_rates(sf, f_target, lag, inv_tau)
@@ -882,10 +920,10 @@ def _stage_pick(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau, mass,
     without the sign function if every stage speed is past saturation."""
     if _saturated(sv):
         _stage_loop(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau, mass, inv_m,
-                    f_ext, g, cr, dlin, dquad, tau, gr, tmax, wmax, beta, brake, car, True)
+                    f_ext, g, cr, dlin, dquad, tau, gr, tmax, wmax, beta, brake, car, _SIGN_SAT)
     else:
         _stage_loop(c, h, p, v, f, a, sp, sv, sf, ap, av, af, sn, cs, inv_tau, mass, inv_m,
-                    f_ext, g, cr, dlin, dquad, tau, gr, tmax, wmax, beta, brake, car, False)
+                    f_ext, g, cr, dlin, dquad, tau, gr, tmax, wmax, beta, brake, car, _SIGN_LANES)
 
 
 @njit(cache=True, error_model="numpy")
@@ -910,7 +948,7 @@ def _vehicle_stage(c, h, st, pull, rolling, inv_m, pv, sat):
 @njit(cache=True, inline="always", error_model="numpy")
 def _held_stage_loop(c, h, p, v, f, a, par, st, car, sat, bounded):
     """RK4 stage ``c`` for every vehicle of :func:`_held_substeps`; ``sat`` as
-    in :func:`_sign`. With ``sat``, returns how many of the speeds the next
+    in :func:`_sign`. With ``_SIGN_SAT``, returns how many of the speeds the next
     stage starts from are still past saturation (else 0: the loop that
     computes the sign function is right for any speed, and a count in it made
     it ~15 % slower, so a tile that drops below saturation keeps that loop to
@@ -945,7 +983,7 @@ def _held_stage_loop(c, h, p, v, f, a, par, st, car, sat, bounded):
         else:
             sv[i], sf[i], ap[i], av[i], af[i] = y
             v_next = y[0]
-        if sat:
+        if sat == _SIGN_SAT:
             n_sat += _past_saturation(v_next)
         if bounded:   # NaN (a diverged row) leaves it
             speed = abs(v_next)
@@ -959,8 +997,8 @@ def _held_stage(c, h, p, v, f, a, par, st, car, bounded, n_sat):
     stage speed is past saturation (``n_sat`` of them are: same bits, ~1.5x
     faster)."""
     if n_sat == p.shape[0]:
-        return _held_stage_loop(c, h, p, v, f, a, par, st, car, True, bounded)
-    return _held_stage_loop(c, h, p, v, f, a, par, st, car, False, bounded)
+        return _held_stage_loop(c, h, p, v, f, a, par, st, car, _SIGN_SAT, bounded)
+    return _held_stage_loop(c, h, p, v, f, a, par, st, car, _SIGN_LANES, bounded)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -1288,6 +1326,35 @@ def _pid_gains(cp):
     return g
 
 
+# Control periods ahead that the output rows are prefetched: one row's
+# samples are 16 kB apart in ``out`` (B, N + 1, 5), so each row's store misses
+# the cache at the start of a new line and no hardware prefetcher follows.
+_OUT_AHEAD = 2
+
+
+@njit(cache=True, error_model="numpy")
+def _all_finite(u, z):
+    """True if every ``u[i]`` and ``z[i]`` is finite (one branch-free pass)."""
+    bad = 0
+    for i in range(u.shape[0]):
+        bad |= not (math.isfinite(u[i]) and math.isfinite(z[i]))
+    return bad == 0
+
+
+@njit(cache=True, error_model="numpy")
+def _store_outputs(out, k, p, v, f, u, a):
+    """``out[i, k] = (p, v, f, u, a)[i]`` for every row (rows with the actuator
+    lag, none diverged), prefetching each row's sample ``_OUT_AHEAD`` later."""
+    ahead = min(k + _OUT_AHEAD, out.shape[1] - 1)
+    for i in range(p.shape[0]):
+        _prefetch_write(out, i, ahead)
+        out[i, k, 0] = p[i]
+        out[i, k, 1] = v[i]
+        out[i, k, 2] = f[i]
+        out[i, k, 3] = u[i]
+        out[i, k, 4] = a[i]
+
+
 @njit(cache=True, error_model="numpy")
 def _lockstep(pp, cp, prof, out, diverged_at, feasible):
     """Closed-loop runs of all rows of ``pp``/``cp`` in lockstep (one thread)."""
@@ -1303,39 +1370,24 @@ def _lockstep(pp, cp, prof, out, diverged_at, feasible):
     z = np.empty(nb)
     e = np.zeros(nb)
     work = batch_work(nb)
+    lag = True   # every row's force is its lag state (else the actuator's map)
     for i in range(nb):
         z[i], f[i], feasible[i] = initial_state(pp[i], cp[i], prof)
         diverged_at[i] = -1
+        lag = lag and plant[P_TAU, i] > 0.0
     g = _pid_gains(cp) if _VECTOR_LAWS else np.empty((7, 0))
     vector = g.shape[1] == nb
     ubuf = np.empty(nb)
+    n_div = 0    # rows diverged so far
     for k in range(n + 1):
         if vector:
             _pid_rows(prof.noise[k], prof.ref[k], k == 0, ts, v, e, z, a, ubuf,
                       plant[P_CMD_LO], plant[P_CMD_HI], g)
-        for i in range(nb):
-            if diverged_at[i] >= 0:
-                out[i, k, :] = np.nan
-                a[i] = 0.0
-                continue
-            if vector:
-                u = ubuf[i]
-            else:
-                e[i], u, a[i], z[i] = control_step(
-                    v[i] + prof.noise[k], prof.ref[k], e[i], z[i], k == 0, ts,
-                    plant[P_CMD_LO, i], plant[P_CMD_HI, i], cp[i])
-            if not (math.isfinite(u) and math.isfinite(z[i])):
-                diverged_at[i] = k
-                out[i, k, :] = np.nan
-                p[i] = v[i] = f[i] = np.nan
-                a[i] = 0.0
-                continue
-            out[i, k, 0] = p[i]
-            out[i, k, 1] = v[i]
-            out[i, k, 2] = f[i] if plant[P_TAU, i] > 0.0 else _plant_actuator(
-                a[i], v[i], pp[i])
-            out[i, k, 3] = u
-            out[i, k, 4] = a[i]
+        if vector and lag and n_div == 0 and _all_finite(ubuf, z):
+            _store_outputs(out, k, p, v, f, ubuf, a)  # the loop below, without branches
+        else:
+            n_div += _outputs_rows(k, pp, cp, prof, plant, vector, ubuf, p, v, f, a, e, z,
+                                   out, diverged_at)
         if k == n:
             break
         advance_batch(p, v, f, a, k * ts, ts, prof.substeps, plant, prof, work)
@@ -1343,6 +1395,41 @@ def _lockstep(pp, cp, prof, out, diverged_at, feasible):
             if diverged_at[i] < 0 and not _bounded(p[i], v[i], f[i], prof.v_limit):
                 diverged_at[i] = k + 1
                 p[i] = v[i] = f[i] = np.nan
+                n_div += 1
+
+
+@njit(cache=True, error_model="numpy")
+def _outputs_rows(k, pp, cp, prof, plant, vector, ubuf, p, v, f, a, e, z, out, diverged_at):
+    """Sample ``k`` of every row of :func:`_lockstep` (the control step too if
+    the laws are not all PID-family), marking rows whose law output or
+    integrator is not finite as diverged. Returns how many it marked."""
+    marked = 0
+    ts = prof.ts
+    for i in range(p.shape[0]):
+        if diverged_at[i] >= 0:
+            out[i, k, :] = np.nan
+            a[i] = 0.0
+            continue
+        if vector:
+            u = ubuf[i]
+        else:
+            e[i], u, a[i], z[i] = control_step(
+                v[i] + prof.noise[k], prof.ref[k], e[i], z[i], k == 0, ts,
+                plant[P_CMD_LO, i], plant[P_CMD_HI, i], cp[i])
+        if not (math.isfinite(u) and math.isfinite(z[i])):
+            diverged_at[i] = k
+            marked += 1
+            out[i, k, :] = np.nan
+            p[i] = v[i] = f[i] = np.nan
+            a[i] = 0.0
+            continue
+        out[i, k, 0] = p[i]
+        out[i, k, 1] = v[i]
+        out[i, k, 2] = f[i] if plant[P_TAU, i] > 0.0 else _plant_actuator(
+            a[i], v[i], pp[i])
+        out[i, k, 3] = u
+        out[i, k, 4] = a[i]
+    return marked
 
 
 # Rows per lockstep block: at most _BLOCK_MAX (a block's state and scratch stay
@@ -1415,7 +1502,8 @@ def specialise(law):
     init = _rebind(initial_state, controller_preload=preload)
     single = _rebind(rollout, _rollout=_rebind(_rollout, control_step=step,
                                                initial_state=init))
-    lock = _rebind(_lockstep, control_step=step, initial_state=init, _VECTOR_LAWS=False)
+    lock = _rebind(_lockstep, _outputs_rows=_rebind(_outputs_rows, control_step=step),
+                   initial_state=init, _VECTOR_LAWS=False)
     batch = _rebind(rollout_batch, _lockstep=lock)
     return single, batch
 

@@ -37,25 +37,36 @@ def test_branch_free_tanh_is_within_a_few_ulp_of_libm():
     assert ulp.max() <= 4
     big = _tanh_many(np.array([19.2, -19.2, 1e300, -np.inf]))
     assert big.tolist() == [1.0, -1.0, 1.0, -1.0]
+    # Past 2|x| = _TANH_SAT the formula itself gives exactly +-1 (no test in it):
+    # every double from there to the clamp and beyond.
+    edge = K._TANH_SAT / 2 + np.arange(1, 3001) * np.spacing(K._TANH_SAT / 2)
+    past = np.concatenate([edge, np.linspace(19.1, 40.0, 100_001)[1:],
+                           np.geomspace(20, 1e308, 999)])
+    assert np.all(_tanh_many(past) == 1.0) and np.all(_tanh_many(-past) == -1.0)
     assert np.isnan(_tanh_many(np.array([np.nan]))[0])
 
 
 @njit
 def _saturated_each(v):
-    # K._saturated of each value alone, and the sign function with the flag it gives.
+    # K._saturated of each value alone, the sign function with the flag it gives,
+    # and the sign function as scalar code (tested first) and vector code (never).
     sat, sign = np.empty(v.size, np.bool_), np.empty_like(v)
+    tested, lanes = np.empty_like(v), np.empty_like(v)
     for i in range(v.size):
         sat[i] = K._saturated(v[i:i + 1])
-        sign[i] = K._sign(v[i], True) if sat[i] else K._sign(v[i], False)
-    return sat, sign
+        sign[i] = K._sign(v[i], K._SIGN_SAT) if sat[i] else K._sign(v[i], K._SIGN_LANES)
+        tested[i] = K._sign(v[i], K._SIGN_TEST)
+        lanes[i] = K._sign(v[i], K._SIGN_LANES)
+    return sat, sign, tested, lanes
 
 
 def test_the_saturated_sign_function_is_the_tanh_it_skips():
     # Speeds on both sides of the bound (|v| = 1.91 m/s), down to single ulps.
     edge = 1.91 + np.arange(-2000, 2001) * np.spacing(1.91)
     v = np.concatenate([edge, -edge, np.linspace(-30, 30, 20_001), [0.0, np.inf, -np.inf]])
-    sat, sign = _saturated_each(v)
+    sat, sign, tested, lanes = _saturated_each(v)
     assert np.array_equal(sign, _tanh_many(v * K._INV_V_ROLL))
+    assert np.array_equal(tested, sign) and np.array_equal(lanes, sign)
     assert sat.any() and not sat.all()
     assert np.all(np.abs(sign[sat]) == 1.0)
     assert not K._saturated(np.array([3.0, np.nan, 3.0]))   # NaN takes the full path
