@@ -79,7 +79,9 @@ static inline double py_min(double a, double b) { return b < a ? b : a; }
 
 /* kernels._tanh: 2|x| = k ln2 + r by Cody-Waite reduction, exp(r) by its [6/6] Pade
    approximant (E + O)/(E - O), then ((2^k-1)E + (2^k+1)O) / ((2^k+1)E + (2^k-1)O)
-   with fma on the larger products; exact +-1 for |x| > 19.1. */
+   with fma on the larger products; exact +-1 for |x| > 19.1. The test for that is the
+   scalar code's (kernels._sign); the kernel's vectorised loops clamp 2|x| to 40 instead,
+   where the quotient is exactly 1: the same bits. */
 static inline double k_tanh(double x) {
     if (x != x) return x;
     double y = 2.0 * fabs(x);
