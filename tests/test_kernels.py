@@ -105,6 +105,28 @@ def test_batch_equals_single_when_whole_tiles_pass_the_sign_functions_saturation
         assert np.array_equal(single, out[i]), i
 
 
+@pytest.mark.parametrize("taus", [(0.2, 0.5, 0.1, 0.3), (0.2, 0.0, 0.5, 0.0)],
+                         ids=["all-lag", "mixed-lag"])
+def test_batch_equals_single_for_robots_with_and_without_the_actuator_lag(taus):
+    # On a flat road the held loops have a copy for robots that all have the lag
+    # (no per-row select) and a general one for the rest: both equal single runs.
+    sc = Scenario(reference=Reference([(0.0, 2.5), (3.0, 1.0)]), duration=6.0,
+                  control_period=0.02, substeps=3, initial_speed=1.0)
+    ctls = [ctrlsim.controller(s).resolve(None, "robot")
+            for s in ("relu", "leaky:0.2", "linear", "leaky:0.5,kp=2")]
+    pp = np.array([sc.plant.with_(actuator_tau=t, mass=m).pack()
+                   for t, m in zip(taus, (15.0, 20.0, 25.0, 35.0))])
+    prof, cp = sc.pack(), pack_controllers(ctls)
+    out = np.empty((len(ctls), prof.ref.size, 5))
+    div, feas = np.empty(len(ctls), np.int64), np.empty(len(ctls), np.bool_)
+    K.rollout_batch(pp, cp, prof, out, div, feas)
+    assert (div < 0).all()
+    for i in range(len(ctls)):
+        single = np.empty((prof.ref.size, 5))
+        K.rollout(pp[i], cp[i], prof, single)
+        assert np.array_equal(single, out[i]), i
+
+
 @pytest.mark.parametrize("by", ["position", "time"])
 def test_batch_equals_single_on_constant_grades_joined_by_short_ramps(by):
     # Long constant grades (the batch keeps their sin/cos instead of computing
