@@ -74,6 +74,21 @@ def test_the_saturated_sign_function_is_the_tanh_it_skips():
     assert not K._saturated(np.array([3.0, 1.0, 40.0]))
 
 
+def _batch(pp, cp, prof):
+    """``rollout_batch`` of the rows: (outputs, diverged_at)."""
+    out = np.empty((pp.shape[0], prof.ref.size, 5))
+    div, feas = np.empty(pp.shape[0], np.int64), np.empty(pp.shape[0], np.bool_)
+    K.rollout_batch(pp, cp, prof, out, div, feas)
+    return out, div
+
+
+def _assert_rows_are_single_runs(pp, cp, prof, out):
+    for i in range(pp.shape[0]):
+        single = np.empty((prof.ref.size, 5))
+        K.rollout(pp[i], cp[i], prof, single)
+        assert np.array_equal(single, out[i]), i
+
+
 _HILLS = Road(((0.0, 0.0), (8.0, 1.0), (20.0, -1.0), (30.0, 0.5)))
 
 
@@ -93,16 +108,11 @@ def test_batch_equals_single_when_whole_tiles_pass_the_sign_functions_saturation
     ctls = [ctrlsim.controller(s).resolve(None, preset) for s in specs]
     pp = np.array([sc.plant.with_(mass=sc.plant.mass * k).pack() for k in (0.8, 1.0, 1.1, 1.3)])
     prof, cp = sc.pack(), pack_controllers(ctls)
-    out = np.empty((len(specs), prof.ref.size, 5))
-    div, feas = np.empty(len(specs), np.int64), np.empty(len(specs), np.bool_)
-    K.rollout_batch(pp, cp, prof, out, div, feas)
+    out, div = _batch(pp, cp, prof)
     assert (div < 0).all()
     slowest = np.abs(out[:, :, 1]).min(axis=0)
     assert (slowest > 1.95).any() and (slowest < 1.85).any()   # both paths ran
-    for i in range(len(specs)):
-        single = np.empty((prof.ref.size, 5))
-        K.rollout(pp[i], cp[i], prof, single)
-        assert np.array_equal(single, out[i]), i
+    _assert_rows_are_single_runs(pp, cp, prof, out)
 
 
 @pytest.mark.parametrize("taus", [(0.2, 0.5, 0.1, 0.3), (0.2, 0.0, 0.5, 0.0)],
@@ -117,14 +127,9 @@ def test_batch_equals_single_for_robots_with_and_without_the_actuator_lag(taus):
     pp = np.array([sc.plant.with_(actuator_tau=t, mass=m).pack()
                    for t, m in zip(taus, (15.0, 20.0, 25.0, 35.0))])
     prof, cp = sc.pack(), pack_controllers(ctls)
-    out = np.empty((len(ctls), prof.ref.size, 5))
-    div, feas = np.empty(len(ctls), np.int64), np.empty(len(ctls), np.bool_)
-    K.rollout_batch(pp, cp, prof, out, div, feas)
+    out, div = _batch(pp, cp, prof)
     assert (div < 0).all()
-    for i in range(len(ctls)):
-        single = np.empty((prof.ref.size, 5))
-        K.rollout(pp[i], cp[i], prof, single)
-        assert np.array_equal(single, out[i]), i
+    _assert_rows_are_single_runs(pp, cp, prof, out)
 
 
 @pytest.mark.parametrize("by", ["position", "time"])
@@ -139,14 +144,9 @@ def test_batch_equals_single_on_constant_grades_joined_by_short_ramps(by):
             for s in ("relu", "leaky:0.2", "linear", "leaky:0.5,kp=2")]
     pp = np.array([sc.plant.with_(mass=m).pack() for m in (15.0, 20.0, 25.0, 35.0)])
     prof, cp = sc.pack(), pack_controllers(ctls)
-    out = np.empty((len(ctls), prof.ref.size, 5))
-    div, feas = np.empty(len(ctls), np.int64), np.empty(len(ctls), np.bool_)
-    K.rollout_batch(pp, cp, prof, out, div, feas)
+    out, div = _batch(pp, cp, prof)
     assert (div < 0).all()
-    for i in range(len(ctls)):
-        single = np.empty((prof.ref.size, 5))
-        K.rollout(pp[i], cp[i], prof, single)
-        assert np.array_equal(single, out[i]), i
+    _assert_rows_are_single_runs(pp, cp, prof, out)
 
 
 def test_held_grade_intervals_that_may_leave_their_piece_are_undone():
