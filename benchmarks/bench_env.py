@@ -8,10 +8,9 @@ Vector env: ``make_vec(..., vectorization_mode="vector_entry_point")`` of
 ctrlsim's vector env vs gymnasium's ``CartPoleVectorEnv`` (a NumPy vector
 env) at the same sizes, random actions pre-drawn, env-steps/s = num_envs *
 steps/s; the two vector envs are timed in alternating rounds, best round of
-each. ctrlsim runs the "step" robot
-scenario at Ts = 0.05 s with 5 RK4 substeps (h = 10 ms) per step; CartPole
-and Pendulum do one Euler step. Warm numba cache, best of a few short
-rounds (the machine is shared).
+each. ctrlsim runs the "step" robot scenario at Ts = 0.05 s with 5 RK4
+substeps (h = 10 ms) per step; CartPole and Pendulum do one Euler step. Warm
+numba cache, best of a few short rounds (the machine is shared).
 
 Run: ``python benchmarks/bench_env.py [--seconds 0.3]``
 """
