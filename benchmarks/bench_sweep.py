@@ -52,10 +52,15 @@ steps = [[1.0, 2.0]]
 """
 
 
-def grid(points: int) -> list[str]:
-    """``--param`` arguments of a kp x ki grid of ``points`` points (400 x 250 for 1e5)."""
+def axes(points: int) -> tuple[int, int]:
+    """Sizes of the kp x ki grid of ``points`` points (400 x 250 for 1e5)."""
     n_ki = 250 if points % 250 == 0 else 1
-    n_kp = points // n_ki
+    return points // n_ki, n_ki
+
+
+def grid(points: int) -> list[str]:
+    """``--param`` arguments of the kp x ki grid of ``points`` points."""
+    n_kp, n_ki = axes(points)
     return ["--param", f"kp=20:200:{n_kp}", "--param", f"ki=0:50:{n_ki}"]
 
 
@@ -107,12 +112,11 @@ print(json.dumps({"wall": time.perf_counter() - start, "rows": int(res.diverged.
 
 def run_warm(folder: Path, points: int, threads: int) -> dict:
     """The sweep timed in a process whose kernels are loaded (see the module docstring)."""
-    n_ki = 250 if points % 250 == 0 else 1
     env = {**os.environ, "NUMBA_NUM_THREADS": str(threads)}
     cpus = sorted(os.sched_getaffinity(0))[:threads]
     csv_file = folder / f"warm-{points}-{threads}.csv"
     out = subprocess.run([sys.executable, "-c", WARM_CHILD, str(folder / "bench.toml"),
-                          str(csv_file), str(points // n_ki), str(n_ki)],
+                          str(csv_file), *map(str, axes(points))],
                          env=env, capture_output=True, text=True, check=False,
                          preexec_fn=lambda: os.sched_setaffinity(0, cpus))
     if out.returncode != 0:
