@@ -60,18 +60,22 @@ def _single_step(env_id: str, action, **kwargs):
     return env, step
 
 
-def single_pair(action, seconds: float, rounds: int = ROUNDS) -> tuple[float, float]:
-    """Steps/s of ctrlsim's single env and ``Pendulum-v1``, in alternating rounds
-    (a slow spell of the shared machine hits both), best round of each."""
-    ours, ours_step = _single_step(ENV_ID, action)
-    pend, pend_step = _single_step("Pendulum-v1", action)
+def _alternating(pair, seconds: float, rounds: int) -> tuple[float, float]:
+    """Calls/s of the two ``(env, step)`` of ``pair``, timed in alternating rounds (a slow
+    spell of the shared machine hits both), best round of each; closes the envs."""
     best = [0.0, 0.0]
     for _ in range(rounds):
-        best[0] = max(best[0], _rate(ours_step, seconds, rounds=1))
-        best[1] = max(best[1], _rate(pend_step, seconds, rounds=1))
-    ours.close()
-    pend.close()
+        for j, (_, step) in enumerate(pair):
+            best[j] = max(best[j], _rate(step, seconds, rounds=1))
+    for env, _ in pair:
+        env.close()
     return best[0], best[1]
+
+
+def single_pair(action, seconds: float, rounds: int = ROUNDS) -> tuple[float, float]:
+    """Steps/s of ctrlsim's single env and ``Pendulum-v1``."""
+    return _alternating((_single_step(ENV_ID, action), _single_step("Pendulum-v1", action)),
+                        seconds, rounds)
 
 
 def _vector_step(env_id: str, n: int, **kwargs):
@@ -91,18 +95,10 @@ def _vector_step(env_id: str, n: int, **kwargs):
 
 
 def vector_pair(n: int, seconds: float, rounds: int = ROUNDS) -> tuple[float, float]:
-    """Env-steps/s of ctrlsim's and CartPole's vector envs at ``n`` envs: rounds
-    alternate between the two (a slow spell of the shared machine hits both),
-    best round of each."""
-    ours, ours_step = _vector_step(ENV_ID, n)
-    cart, cart_step = _vector_step("CartPole-v1", n)
-    best = [0.0, 0.0]
-    for _ in range(rounds):
-        best[0] = max(best[0], _rate(ours_step, seconds, rounds=1) * n)
-        best[1] = max(best[1], _rate(cart_step, seconds, rounds=1) * n)
-    ours.close()
-    cart.close()
-    return best[0], best[1]
+    """Env-steps/s of ctrlsim's and CartPole's vector envs at ``n`` envs."""
+    ours, cart = _alternating((_vector_step(ENV_ID, n), _vector_step("CartPole-v1", n)),
+                              seconds, rounds)
+    return ours * n, cart * n
 
 
 def main() -> None:
