@@ -1384,11 +1384,11 @@ def _lockstep(pp, cp, prof, out, diverged_at, feasible):
     z = np.empty(nb)
     e = np.zeros(nb)
     work = batch_work(nb)
-    lag = True   # every row's force is its lag state (else the actuator's map)
     for i in range(nb):
         z[i], f[i], feasible[i] = initial_state(pp[i], cp[i], prof)
         diverged_at[i] = -1
-        lag = lag and plant[P_TAU, i] > 0.0
+    # Every row's force output is its lag state (else the actuator's map).
+    lag = _all_positive(plant[P_TAU, :nb])
     g = _pid_gains(cp) if _VECTOR_LAWS else np.empty((7, 0))
     vector = g.shape[1] == nb
     ubuf = np.empty(nb)
@@ -1398,7 +1398,7 @@ def _lockstep(pp, cp, prof, out, diverged_at, feasible):
             _pid_rows(prof.noise[k], prof.ref[k], k == 0, ts, v, e, z, a, ubuf,
                       plant[P_CMD_LO], plant[P_CMD_HI], g)
         if vector and lag and n_div == 0 and _all_finite(ubuf, z):
-            _store_outputs(out, k, p, v, f, ubuf, a)  # the loop below, without branches
+            _store_outputs(out, k, p, v, f, ubuf, a)  # _outputs_rows, without branches
         else:
             n_div += _outputs_rows(k, pp, cp, prof, plant, vector, ubuf, p, v, f, a, e, z,
                                    out, diverged_at)
